@@ -1,0 +1,395 @@
+//! Login with Amazon: fetching access tokens, and caching one token per grant with single-flight refresh.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::error::TokenError;
+use crate::secret::Secret;
+
+/// What we ask LWA for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// A seller's access token (`grant_type=refresh_token`).
+    RefreshToken(Secret),
+    /// A grantless token for these space-separated scopes (`grant_type=client_credentials`).
+    ClientCredentials {
+        /// e.g. `sellingpartnerapi::notifications`.
+        scope: String,
+    },
+}
+
+/// A token as LWA handed it out.
+#[derive(Debug, Clone)]
+pub struct FreshToken {
+    /// The access token.
+    pub token: Secret,
+    /// `expires_in`.
+    pub lifetime: Duration,
+}
+
+/// The LWA token endpoint and the app's credentials.
+#[derive(Debug)]
+pub struct LwaClient {
+    http: reqwest::Client,
+    token_url: Url,
+    client_id: String,
+    client_secret: Secret,
+    timeout: Duration,
+    retries: u32,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct LwaErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// LWA error codes that say "try again" rather than "no".
+fn is_transient_code(code: &str) -> bool {
+    matches!(code, "server_error" | "temporarily_unavailable")
+}
+
+impl LwaClient {
+    /// A client for `token_url` with the app's credentials.
+    pub fn new(
+        http: reqwest::Client,
+        token_url: Url,
+        client_id: String,
+        client_secret: Secret,
+        timeout: Duration,
+        retries: u32,
+    ) -> Self {
+        LwaClient {
+            http,
+            token_url,
+            client_id,
+            client_secret,
+            timeout,
+            retries,
+        }
+    }
+
+    /// Fetches a token, retrying transient failures with exponential backoff.
+    pub async fn fetch(&self, grant: &Grant) -> Result<FreshToken, TokenError> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(grant).await {
+                Ok(t) => return Ok(t),
+                Err(e @ (TokenError::Unavailable(_) | TokenError::Timeout))
+                    if attempt < self.retries =>
+                {
+                    let backoff = Duration::from_millis(200) * 2u32.pow(attempt);
+                    tracing::warn!(error = %e, attempt, ?backoff, "LWA token request failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn fetch_once(&self, grant: &Grant) -> Result<FreshToken, TokenError> {
+        let form = self.form(grant);
+        let request = self
+            .http
+            .post(self.token_url.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded;charset=UTF-8",
+            )
+            .body(form);
+        let call = async {
+            let resp = request.send().await?;
+            let status = resp.status();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        };
+        let (status, body) = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => return Err(TokenError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(TokenError::Timeout),
+            Ok(Err(e)) => return Err(TokenError::Unavailable(format!("LWA: {e}"))),
+            Ok(Ok(r)) => r,
+        };
+        self.parse(status, &body)
+    }
+
+    /// The documented form body; `refresh_token` and `scope` are never sent together.
+    fn form(&self, grant: &Grant) -> String {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        match grant {
+            Grant::RefreshToken(rt) => {
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", rt.expose());
+            }
+            Grant::ClientCredentials { scope } => {
+                form.append_pair("grant_type", "client_credentials")
+                    .append_pair("scope", scope);
+            }
+        }
+        form.append_pair("client_id", &self.client_id)
+            .append_pair("client_secret", self.client_secret.expose());
+        form.finish()
+    }
+
+    fn parse(&self, status: http::StatusCode, body: &[u8]) -> Result<FreshToken, TokenError> {
+        if status.is_success() {
+            let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+                TokenError::Unavailable(format!(
+                    "LWA answered {status} with a body we cannot read: {e}"
+                ))
+            })?;
+            return Ok(FreshToken {
+                token: Secret::new(parsed.access_token),
+                lifetime: Duration::from_secs(parsed.expires_in.unwrap_or(3600)),
+            });
+        }
+        let parsed: Option<LwaErrorBody> = serde_json::from_slice(body).ok();
+        match parsed {
+            Some(e)
+                if !status.is_server_error() && status != 429 && !is_transient_code(&e.error) =>
+            {
+                Err(TokenError::Refused {
+                    service: "lwa",
+                    description: self.scrub(&e.error_description),
+                    code: e.error,
+                })
+            }
+            Some(e) => Err(TokenError::Unavailable(format!(
+                "LWA answered {status}: {}",
+                e.error
+            ))),
+            None => Err(TokenError::Unavailable(format!("LWA answered {status}"))),
+        }
+    }
+
+    /// LWA's own text is passed on to clients; make sure it cannot echo a credential back.
+    fn scrub(&self, text: &str) -> String {
+        text.replace(self.client_secret.expose(), "***")
+    }
+}
+
+/// When to start refreshing a token and when to stop using it, relative to when it was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// From here on, a request triggers a background refresh and still uses the token.
+    pub refresh_after: Duration,
+    /// From here on, the token is not sent any more; requests wait for a new one.
+    pub use_until: Duration,
+}
+
+/// Refresh five minutes (or a quarter of the lifetime) early; stop using the token a minute
+/// (or a tenth of the lifetime) before it expires, to absorb clock skew and time on the wire.
+pub fn schedule(lifetime: Duration) -> Schedule {
+    let margin = (lifetime / 10).min(Duration::from_secs(60));
+    let lead = (lifetime / 4).min(Duration::from_secs(300));
+    Schedule {
+        refresh_after: lifetime - lead,
+        use_until: lifetime - margin,
+    }
+}
+
+struct Cached {
+    token: Secret,
+    refresh_at: Instant,
+    use_until: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Cached>,
+    /// Bumped after every fetch, so that requests which queued behind a failed fetch share its
+    /// error instead of each calling LWA again.
+    generation: u64,
+    last_error: Option<TokenError>,
+}
+
+struct Inner {
+    client: Arc<LwaClient>,
+    grant: Grant,
+    /// A std mutex: it is held only to read or swap the cached token, never across an await.
+    state: Mutex<State>,
+    /// A tokio mutex, held across the LWA call: whoever holds it is the one fetching, which
+    /// makes refresh single-flight however many requests arrive at once.
+    fetching: tokio::sync::Mutex<()>,
+    background: AtomicBool,
+}
+
+/// One cached access token for one grant.
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("grant", &self.inner.grant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    /// An empty cache; the first `get` fetches.
+    pub fn new(client: Arc<LwaClient>, grant: Grant) -> Self {
+        TokenCache {
+            inner: Arc::new(Inner {
+                client,
+                grant,
+                state: Mutex::new(State::default()),
+                fetching: tokio::sync::Mutex::new(()),
+                background: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A token that is valid now; fetches one only when there is none.
+    pub async fn get(&self) -> Result<Secret, TokenError> {
+        let seen_generation = {
+            let state = self.lock_state();
+            if let Some(token) = self.usable(&state) {
+                return Ok(token);
+            }
+            state.generation
+        };
+        let _fetching = self.inner.fetching.lock().await;
+        {
+            let state = self.lock_state();
+            if let Some(token) = self.usable(&state) {
+                return Ok(token);
+            }
+            if state.generation != seen_generation {
+                if let Some(e) = &state.last_error {
+                    return Err(e.clone());
+                }
+            }
+        }
+        self.fetch_and_store().await
+    }
+
+    /// Whether a token is cached and usable without calling LWA.
+    pub fn has_token(&self) -> bool {
+        let state = self.lock_state();
+        state
+            .current
+            .as_ref()
+            .is_some_and(|c| Instant::now() < c.use_until)
+    }
+
+    /// Drops `used` if it is still the cached token (Amazon said it expired or is invalid).
+    pub fn invalidate(&self, used: &Secret) {
+        let mut state = self.lock_state();
+        if state.current.as_ref().is_some_and(|c| &c.token == used) {
+            state.current = None;
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State half-written: every write is a
+        // single assignment. So a poisoned lock is still safe to use.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn usable(&self, state: &State) -> Option<Secret> {
+        let c = state.current.as_ref()?;
+        let now = Instant::now();
+        if now >= c.use_until {
+            return None;
+        }
+        if now >= c.refresh_at {
+            self.refresh_in_background();
+        }
+        Some(c.token.clone())
+    }
+
+    fn refresh_in_background(&self) {
+        if self.inner.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _fetching = this.inner.fetching.lock().await;
+            let due = {
+                let state = this.lock_state();
+                state
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| Instant::now() >= c.refresh_at)
+            };
+            if due {
+                if let Err(e) = this.fetch_and_store().await {
+                    tracing::warn!(error = %e, "background token refresh failed; the current token stays in use");
+                }
+            }
+            this.inner.background.store(false, Ordering::Release);
+        });
+    }
+
+    /// Call only while holding `fetching`.
+    async fn fetch_and_store(&self) -> Result<Secret, TokenError> {
+        let requested_at = Instant::now();
+        let result = self.inner.client.fetch(&self.inner.grant).await;
+        let mut state = self.lock_state();
+        state.generation += 1;
+        match result {
+            Ok(fresh) => {
+                let s = schedule(fresh.lifetime);
+                tracing::debug!(lifetime = ?fresh.lifetime, "new access token");
+                state.current = Some(Cached {
+                    token: fresh.token.clone(),
+                    refresh_at: requested_at + s.refresh_after,
+                    use_until: requested_at + s.use_until,
+                });
+                state.last_error = None;
+                Ok(fresh.token)
+            }
+            Err(e) => {
+                state.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_table() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let cases = [
+            ("one hour", s(3600), s(3300), s(3540)),
+            ("ten minutes", s(600), s(450), s(540)),
+            ("two seconds", s(2), ms(1500), ms(1800)),
+            ("zero", s(0), s(0), s(0)),
+        ];
+        for (name, lifetime, refresh_after, use_until) in cases {
+            let got = schedule(lifetime);
+            assert_eq!(got.refresh_after, refresh_after, "{name}");
+            assert_eq!(got.use_until, use_until, "{name}");
+            assert!(got.refresh_after <= got.use_until, "{name}");
+        }
+    }
+
+    #[test]
+    fn grant_debug_hides_the_refresh_token() {
+        let g = Grant::RefreshToken(Secret::new("Atzr|secret"));
+        assert!(!format!("{g:?}").contains("Atzr|secret"));
+    }
+}

@@ -1,0 +1,685 @@
+//! `proxy.toml` and the environment, parsed and then validated into a `Config` that cannot hold bad values.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The LWA token endpoint Amazon documents for every region.
+pub const DEFAULT_TOKEN_URL: &str = "https://api.amazon.com/auth/o2/token";
+/// The listen address when nothing else is said.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A configuration problem, naming the key (file key or environment variable) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file that was read.
+        file: String,
+        /// The parser's message; it names the key.
+        message: String,
+    },
+    /// A key has a value the proxy cannot use.
+    #[error("invalid `{key}`: {problem}")]
+    Invalid {
+        /// The key in `proxy.toml`, or the environment variable.
+        key: String,
+        /// What is wrong and what would be right.
+        problem: String,
+    },
+    /// A required value is missing.
+    #[error("missing `{key}`: {hint}")]
+    Missing {
+        /// The key in `proxy.toml`.
+        key: String,
+        /// Where it can be set.
+        hint: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read {file}: {message}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The OS error.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// SP-API region; each has a production and a sandbox host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// North America (CA, US, MX, BR).
+    Na,
+    /// Europe, Middle East, India, South Africa.
+    Eu,
+    /// Far East (SG, AU, JP).
+    Fe,
+}
+
+impl Region {
+    fn parse(key: &str, s: &str) -> Result<Region, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "na" => Ok(Region::Na),
+            "eu" => Ok(Region::Eu),
+            "fe" => Ok(Region::Fe),
+            other => Err(invalid(
+                key,
+                format!("`{other}` is not a region; use na, eu or fe"),
+            )),
+        }
+    }
+
+    /// The regional SP-API base URL.
+    pub fn endpoint(self, sandbox: bool) -> &'static str {
+        match (self, sandbox) {
+            (Region::Na, false) => "https://sellingpartnerapi-na.amazon.com",
+            (Region::Eu, false) => "https://sellingpartnerapi-eu.amazon.com",
+            (Region::Fe, false) => "https://sellingpartnerapi-fe.amazon.com",
+            (Region::Na, true) => "https://sandbox.sellingpartnerapi-na.amazon.com",
+            (Region::Eu, true) => "https://sandbox.sellingpartnerapi-eu.amazon.com",
+            (Region::Fe, true) => "https://sandbox.sellingpartnerapi-fe.amazon.com",
+        }
+    }
+
+    /// The lowercase name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::Na => "na",
+            Region::Eu => "eu",
+            Region::Fe => "fe",
+        }
+    }
+}
+
+/// `proxy.toml` as written: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    region: Option<String>,
+    sandbox: Option<bool>,
+    endpoint: Option<String>,
+    token_url: Option<String>,
+    #[serde(default)]
+    credentials: RawCredentials,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    token_retries: Option<u32>,
+    replay_buffer_bytes: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    refresh_token: Option<String>,
+}
+
+impl fmt::Debug for RawCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<f64>,
+    response: Option<f64>,
+    idle: Option<f64>,
+    token: Option<f64>,
+    shutdown_grace: Option<f64>,
+}
+
+/// The app's LWA credentials and the seller's refresh token.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// LWA client id (not a secret: it appears in Seller Central URLs).
+    pub client_id: String,
+    /// LWA client secret.
+    pub client_secret: Secret,
+    /// The seller's refresh token.
+    pub refresh_token: Secret,
+}
+
+/// Timeouts for everything the proxy waits on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    /// TCP + TLS connect to the upstream or the token service.
+    pub connect: Duration,
+    /// From sending the request until the upstream's response headers arrive.
+    pub response: Duration,
+    /// Longest pause between two reads of a streamed body.
+    pub idle: Duration,
+    /// One call to the token service.
+    pub token: Duration,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            token: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// SP-API region.
+    pub region: Region,
+    /// Whether the regional sandbox host is used.
+    pub sandbox: bool,
+    /// The SP-API base URL requests go to (regional default or `endpoint`).
+    pub endpoint: Url,
+    /// The LWA token URL.
+    pub token_url: Url,
+    /// LWA credentials.
+    pub credentials: Credentials,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// How many times a transient token-service failure is retried.
+    pub token_retries: u32,
+    /// Request bodies up to this size are kept so the request can be replayed once.
+    pub replay_buffer_bytes: u64,
+}
+
+/// Looks up an environment variable; tests pass a map instead of the process environment.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// First set, non-empty variable among `names`, with the name it came from.
+fn env_first(env: Env<'_>, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.is_empty()).map(|v| (*n, v)))
+}
+
+fn parse_url(key: &str, s: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(s.trim()).map_err(|e| invalid(key, format!("`{s}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            key,
+            format!("`{s}` must be an absolute http:// or https:// URL"),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            key,
+            format!("`{s}` must not have a query or fragment"),
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_bool(key: &str, s: &str) -> Result<bool, ConfigError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(key, format!("`{s}` is not true or false"))),
+    }
+}
+
+fn seconds(key: &str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.is_finite() && v > 0.0 && v < 1.0e9 => Ok(Duration::from_secs_f64(v)),
+        Some(v) => Err(invalid(
+            key,
+            format!("{v} is not a positive number of seconds"),
+        )),
+    }
+}
+
+fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("`{s}` is not an address like 127.0.0.1:8080")))
+}
+
+impl Config {
+    /// Reads `path`, applies the environment and validates the result.
+    pub fn load(path: Option<&Path>, env: Env<'_>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| ConfigError::Io {
+                file: p.display().to_string(),
+                message: e.to_string(),
+            })?,
+            None => String::new(),
+        };
+        let file = path.map_or_else(|| "(no file)".into(), |p| p.display().to_string());
+        Config::from_toml_str(&text, &file, env)
+    }
+
+    /// Parses TOML text, applies the environment and validates the result.
+    pub fn from_toml_str(text: &str, file: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })?;
+        Config::validate(raw, env)
+    }
+
+    fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
+        let listen = match env_first(env, &["SPAPI_LISTEN"]) {
+            Some((k, v)) => parse_listen(k, &v)?,
+            None => parse_listen("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?,
+        };
+        let region = match env_first(env, &["SPAPI_REGION"]) {
+            Some((k, v)) => Region::parse(k, &v)?,
+            None => Region::parse("region", raw.region.as_deref().unwrap_or("na"))?,
+        };
+        let sandbox = match env_first(env, &["SPAPI_SANDBOX"]) {
+            Some((k, v)) => parse_bool(k, &v)?,
+            None => raw.sandbox.unwrap_or(false),
+        };
+        let endpoint = match env_first(env, &["SPAPI_ENDPOINT"]) {
+            Some((k, v)) => parse_url(k, &v)?,
+            None => match raw.endpoint.as_deref() {
+                Some(e) => parse_url("endpoint", e)?,
+                None => parse_url("endpoint", region.endpoint(sandbox))?,
+            },
+        };
+        let token_url = match env_first(env, &["SPAPI_TOKEN_URL"]) {
+            Some((k, v)) => parse_url(k, &v)?,
+            None => parse_url(
+                "token_url",
+                raw.token_url.as_deref().unwrap_or(DEFAULT_TOKEN_URL),
+            )?,
+        };
+
+        let c = raw.credentials;
+        let hint = |var: &str, alt: &str| {
+            format!(
+                "set it in proxy.toml [credentials] or with {var} (or {alt}); \
+                 to try the proxy without credentials run `spapi-proxy demo`"
+            )
+        };
+        let client_id = env_first(env, &["SPAPI_CLIENT_ID", "LWA_APP_ID"])
+            .map(|(_, v)| v)
+            .or(c.client_id)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::Missing {
+                key: "credentials.client_id".into(),
+                hint: hint("SPAPI_CLIENT_ID", "LWA_APP_ID"),
+            })?;
+        let client_secret = env_first(env, &["SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"])
+            .map(|(_, v)| v)
+            .or(c.client_secret)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::Missing {
+                key: "credentials.client_secret".into(),
+                hint: hint("SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"),
+            })?;
+        let refresh_token = env_first(env, &["SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"])
+            .map(|(_, v)| v)
+            .or(c.refresh_token)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| ConfigError::Missing {
+                key: "credentials.refresh_token".into(),
+                hint: hint("SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"),
+            })?;
+
+        let t = raw.timeouts;
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            connect: seconds("timeouts.connect", t.connect, d.connect)?,
+            response: seconds("timeouts.response", t.response, d.response)?,
+            idle: seconds("timeouts.idle", t.idle, d.idle)?,
+            token: seconds("timeouts.token", t.token, d.token)?,
+            shutdown_grace: seconds(
+                "timeouts.shutdown_grace",
+                t.shutdown_grace,
+                d.shutdown_grace,
+            )?,
+        };
+        let token_retries = raw.token_retries.unwrap_or(3);
+        if token_retries > 10 {
+            return Err(invalid("token_retries", "at most 10 retries are allowed"));
+        }
+        let replay_buffer_bytes = raw.replay_buffer_bytes.unwrap_or(64 * 1024);
+        if replay_buffer_bytes > 16 * 1024 * 1024 {
+            return Err(invalid("replay_buffer_bytes", "at most 16 MiB (16777216)"));
+        }
+
+        Ok(Config {
+            listen,
+            region,
+            sandbox,
+            endpoint,
+            token_url,
+            credentials: Credentials {
+                client_id: client_id.trim().to_string(),
+                client_secret: Secret::new(client_secret.trim()),
+                refresh_token: Secret::new(refresh_token.trim()),
+            },
+            timeouts,
+            token_retries,
+            replay_buffer_bytes,
+        })
+    }
+
+    /// The effective settings, one per line, with every secret masked (for `spapi-proxy check`).
+    pub fn describe(&self) -> String {
+        let t = &self.timeouts;
+        format!(
+            "listen              {}\n\
+             region              {}{}\n\
+             endpoint            {}\n\
+             token_url           {}\n\
+             client_id           {}\n\
+             client_secret       {}\n\
+             refresh_token       {}\n\
+             timeouts            connect {:?}, response {:?}, idle {:?}, token {:?}, shutdown_grace {:?}\n\
+             token_retries       {}\n\
+             replay_buffer_bytes {}\n",
+            self.listen,
+            self.region.name(),
+            if self.sandbox { " (sandbox)" } else { "" },
+            self.endpoint.as_str().trim_end_matches('/'),
+            self.token_url,
+            self.credentials.client_id,
+            self.credentials.client_secret,
+            self.credentials.refresh_token,
+            t.connect,
+            t.response,
+            t.idle,
+            t.token,
+            t.shutdown_grace,
+            self.token_retries,
+            self.replay_buffer_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const CREDS: &str = r#"
+[credentials]
+client_id = "amzn1.application-oa2-client.test"
+client_secret = "file-secret"
+refresh_token = "Atzr|file-refresh"
+"#;
+
+    fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse_with(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env_of(pairs);
+        Config::from_toml_str(text, "proxy.toml", &|k| env.get(k).cloned())
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_with(text, &[])
+    }
+
+    fn err_key(r: Result<Config, ConfigError>) -> String {
+        match r.unwrap_err() {
+            ConfigError::Invalid { key, .. } | ConfigError::Missing { key, .. } => key,
+            ConfigError::Parse { message, .. } => message,
+            ConfigError::Io { message, .. } => message,
+        }
+    }
+
+    #[test]
+    fn defaults_are_amazons_real_endpoints() {
+        let c = parse(CREDS).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.region, Region::Na);
+        assert_eq!(
+            c.endpoint.as_str(),
+            "https://sellingpartnerapi-na.amazon.com/"
+        );
+        assert_eq!(c.token_url.as_str(), DEFAULT_TOKEN_URL);
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn rules_each_name_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("unknown top-level key", "lissten = \"x\"", "lissten"),
+            (
+                "unknown credentials key",
+                "[credentials]\nclient = \"x\"",
+                "client",
+            ),
+            ("bad listen", "listen = \"localhost\"", "listen"),
+            ("bad region", "region = \"us\"", "region"),
+            (
+                "endpoint not a url",
+                "endpoint = \"sellingpartnerapi\"",
+                "endpoint",
+            ),
+            ("endpoint ftp", "endpoint = \"ftp://x\"", "endpoint"),
+            (
+                "endpoint with query",
+                "endpoint = \"https://x/?a=1\"",
+                "endpoint",
+            ),
+            ("token url", "token_url = \"nope\"", "token_url"),
+            (
+                "zero timeout",
+                "[timeouts]\nconnect = 0",
+                "timeouts.connect",
+            ),
+            (
+                "negative timeout",
+                "[timeouts]\nresponse = -1.0",
+                "timeouts.response",
+            ),
+            ("wrong type", "sandbox = \"maybe\"", "sandbox"),
+            ("too many retries", "token_retries = 99", "token_retries"),
+            (
+                "huge replay buffer",
+                "replay_buffer_bytes = 1000000000",
+                "replay_buffer_bytes",
+            ),
+        ];
+        for (name, text, key) in cases {
+            let got = err_key(parse(&format!("{text}\n{CREDS}")));
+            assert!(
+                got.contains(key),
+                "{name}: error {got:?} does not name {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_credentials_name_the_key_and_suggest_demo() {
+        let err = parse("").unwrap_err();
+        assert!(matches!(&err, ConfigError::Missing { key, .. } if key == "credentials.client_id"));
+        assert!(err.to_string().contains("spapi-proxy demo"), "{err}");
+        let err = parse("[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"").unwrap_err();
+        assert!(
+            err.to_string().contains("credentials.refresh_token"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let c = parse_with(
+            &format!("region = \"na\"\nlisten = \"127.0.0.1:1\"\n{CREDS}"),
+            &[
+                ("SPAPI_REGION", "eu"),
+                ("SPAPI_SANDBOX", "true"),
+                ("SPAPI_LISTEN", "0.0.0.0:9999"),
+                ("SPAPI_CLIENT_SECRET", "env-secret"),
+                ("SPAPI_TOKEN_URL", "http://127.0.0.1:9/auth/o2/token"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.region, Region::Eu);
+        assert_eq!(
+            c.endpoint.as_str(),
+            "https://sandbox.sellingpartnerapi-eu.amazon.com/"
+        );
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9999");
+        assert_eq!(c.credentials.client_secret.expose(), "env-secret");
+        assert_eq!(c.credentials.refresh_token.expose(), "Atzr|file-refresh");
+        assert_eq!(c.token_url.as_str(), "http://127.0.0.1:9/auth/o2/token");
+    }
+
+    #[test]
+    fn python_sp_api_variable_names_are_accepted() {
+        let c = parse_with(
+            "",
+            &[
+                ("LWA_APP_ID", "app"),
+                ("LWA_CLIENT_SECRET", "sec"),
+                ("SP_API_REFRESH_TOKEN", "Atzr|r"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.credentials.client_id, "app");
+        assert_eq!(c.credentials.client_secret.expose(), "sec");
+        // SPAPI_* wins when both are set.
+        let c = parse_with(
+            "",
+            &[
+                ("LWA_APP_ID", "app"),
+                ("SPAPI_CLIENT_ID", "spapi-app"),
+                ("LWA_CLIENT_SECRET", "sec"),
+                ("SP_API_REFRESH_TOKEN", "Atzr|r"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.credentials.client_id, "spapi-app");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("SPAPI_REGION", "mars"),
+            ("SPAPI_SANDBOX", "perhaps"),
+            ("SPAPI_ENDPOINT", "not a url"),
+            ("SPAPI_TOKEN_URL", "ftp://x"),
+            ("SPAPI_LISTEN", "8080"),
+        ];
+        for (var, value) in cases {
+            let got = err_key(parse_with(CREDS, &[(var, value)]));
+            assert_eq!(&got, var);
+        }
+    }
+
+    #[test]
+    fn endpoint_override_replaces_the_regional_host() {
+        let c = parse_with(CREDS, &[("SPAPI_ENDPOINT", "http://127.0.0.1:9000")]).unwrap();
+        assert_eq!(c.endpoint.as_str(), "http://127.0.0.1:9000/");
+    }
+
+    #[test]
+    fn regional_hosts() {
+        let cases = [
+            ("na", false, "https://sellingpartnerapi-na.amazon.com/"),
+            ("eu", false, "https://sellingpartnerapi-eu.amazon.com/"),
+            ("fe", false, "https://sellingpartnerapi-fe.amazon.com/"),
+            (
+                "na",
+                true,
+                "https://sandbox.sellingpartnerapi-na.amazon.com/",
+            ),
+            (
+                "eu",
+                true,
+                "https://sandbox.sellingpartnerapi-eu.amazon.com/",
+            ),
+            (
+                "fe",
+                true,
+                "https://sandbox.sellingpartnerapi-fe.amazon.com/",
+            ),
+        ];
+        for (region, sandbox, want) in cases {
+            let c = parse(&format!(
+                "region = \"{region}\"\nsandbox = {sandbox}\n{CREDS}"
+            ))
+            .unwrap();
+            assert_eq!(c.endpoint.as_str(), want);
+        }
+    }
+
+    #[test]
+    fn describe_masks_secrets() {
+        let c = parse(CREDS).unwrap();
+        let out = format!("{} {:?}", c.describe(), c);
+        assert!(
+            !out.contains("file-secret") && !out.contains("file-refresh"),
+            "{out}"
+        );
+        assert!(out.contains("client_secret       ***"));
+    }
+
+    #[test]
+    fn example_file_is_valid_and_gives_the_defaults() {
+        let text = include_str!("../proxy.toml");
+        let env = [
+            ("SPAPI_CLIENT_ID", "a"),
+            ("SPAPI_CLIENT_SECRET", "b"),
+            ("SPAPI_REFRESH_TOKEN", "c"),
+        ];
+        let from_file = parse_with(text, &env).unwrap();
+        let defaults = parse_with("", &env).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn example_file_with_every_commented_key_enabled_is_valid() {
+        let key_line = regex_lite_commented_key;
+        let text: String = include_str!("../proxy.toml")
+            .lines()
+            .map(|l| key_line(l).unwrap_or(l).to_string() + "\n")
+            .collect();
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.credentials.client_id,
+            "amzn1.application-oa2-client.0123456789abcdef"
+        );
+        assert!(text.contains("endpoint = "));
+    }
+
+    /// `# key = value` -> `key = value`; prose comments stay comments.
+    fn regex_lite_commented_key(line: &str) -> Option<&str> {
+        let rest = line.strip_prefix("# ")?;
+        let (key, _) = rest.split_once(" = ")?;
+        key.chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+            .then_some(rest)
+    }
+}

@@ -1,0 +1,267 @@
+//! The proxy's error vocabulary, and the one place where an error becomes a status code.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{full, ProxyBody};
+
+/// Header on every response the proxy makes itself, so clients can tell it from Amazon's.
+pub const PROXY_ERROR_HEADER: &str = "x-spapi-proxy-error";
+
+/// Why the token service (LWA or the Tokens API) did not give us a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The token service answered and said no (`invalid_grant`, `invalid_client`, ...).
+    #[error("the token service refused: {code}: {description}")]
+    Refused {
+        /// Which service refused: `lwa` or `rdt`.
+        service: &'static str,
+        /// The service's own error code, e.g. `invalid_grant`.
+        code: String,
+        /// The service's own explanation.
+        description: String,
+    },
+    /// Connection failure, a 5xx, or an answer we could not read.
+    #[error("the token service is unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within the configured token timeout.
+    #[error("the token service did not answer in time")]
+    Timeout,
+    /// The configuration has no credential for this kind of token.
+    #[error("{0}")]
+    NotConfigured(String),
+}
+
+/// Everything that makes the proxy answer a request itself instead of passing Amazon's answer on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No SP-API operation has this method and path, and the config says to reject such requests.
+    #[error("no SP-API operation matches {method} {path}")]
+    NoRoute {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+    /// Waiting for quota would take longer than allowed, or too many requests are waiting.
+    #[error("rate limited: {reason}")]
+    RateLimited {
+        /// Seconds after which a retry may succeed.
+        retry_after_secs: u64,
+        /// Why the request was not queued.
+        reason: String,
+    },
+    /// No token could be had for this request.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The upstream could not be reached (connect, TLS, reset).
+    #[error("the SP-API endpoint could not be reached: {0}")]
+    Upstream(String),
+    /// The upstream did not answer within the response timeout.
+    #[error("the SP-API endpoint did not answer in time")]
+    UpstreamTimeout,
+    /// The proxy is not ready to serve (reported by `/_proxy/ready`).
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// A broken invariant: a bug in the proxy.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The status code, decided by where the failure came from.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Token(TokenError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Token(TokenError::Refused { .. })
+            | ProxyError::Token(TokenError::Unavailable(_)) => StatusCode::BAD_GATEWAY,
+            ProxyError::Token(TokenError::NotConfigured(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The value of the `x-spapi-proxy-error` header: a stable, scriptable name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NoRoute { .. } => "unknown_operation",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Token(TokenError::Refused { .. }) => "token_refused",
+            ProxyError::Token(TokenError::Unavailable(_)) => "token_unavailable",
+            ProxyError::Token(TokenError::Timeout) => "token_timeout",
+            ProxyError::Token(TokenError::NotConfigured(_)) => "token_not_configured",
+            ProxyError::Upstream(_) => "upstream_unreachable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::NotReady(_) => "not_ready",
+            ProxyError::Internal(_) => "internal",
+        }
+    }
+
+    /// The `code` in SP-API's error body; SP-API's own codes where one fits.
+    fn code(&self) -> String {
+        match self {
+            ProxyError::BadRequest(_) => "InvalidInput".into(),
+            ProxyError::NoRoute { .. } => "NotFound".into(),
+            ProxyError::RateLimited { .. } => "QuotaExceeded".into(),
+            ProxyError::Token(TokenError::Refused { code, .. }) => code.clone(),
+            _ => match self.status() {
+                StatusCode::GATEWAY_TIMEOUT => "GatewayTimeout".into(),
+                StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable".into(),
+                StatusCode::BAD_GATEWAY => "BadGateway".into(),
+                _ => "InternalFailure".into(),
+            },
+        }
+    }
+
+    /// The `details` in SP-API's error body: where the answer came from and what to do.
+    fn details(&self) -> String {
+        let origin = "This response was made by spapi-proxy, not by Amazon.";
+        match self {
+            ProxyError::Token(TokenError::Refused { service: "lwa", .. }) => format!(
+                "{origin} Login with Amazon refused the proxy's credentials; check the client id, \
+                 client secret and refresh token."
+            ),
+            ProxyError::RateLimited { .. } => {
+                format!(
+                    "{origin} The request was not sent to Amazon; retry after Retry-After seconds."
+                )
+            }
+            _ => origin.to_string(),
+        }
+    }
+
+    /// The response the client sees: SP-API's error shape plus the proxy-error header.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "errors": [{
+                "code": self.code(),
+                "message": self.to_string(),
+                "details": self.details(),
+            }]
+        });
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.kind()));
+        if let ProxyError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn refused() -> ProxyError {
+        ProxyError::Token(TokenError::Refused {
+            service: "lwa",
+            code: "invalid_grant".into(),
+            description: "bad refresh token".into(),
+        })
+    }
+
+    #[test]
+    fn status_and_kind_by_source() {
+        let cases: Vec<(&str, ProxyError, u16, &str)> = vec![
+            (
+                "malformed request",
+                ProxyError::BadRequest("x".into()),
+                400,
+                "bad_request",
+            ),
+            (
+                "no route",
+                ProxyError::NoRoute {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                },
+                404,
+                "unknown_operation",
+            ),
+            (
+                "rate limited",
+                ProxyError::RateLimited {
+                    retry_after_secs: 3,
+                    reason: "x".into(),
+                },
+                429,
+                "rate_limited",
+            ),
+            ("token refused", refused(), 502, "token_refused"),
+            (
+                "token service down",
+                TokenError::Unavailable("x".into()).into(),
+                502,
+                "token_unavailable",
+            ),
+            (
+                "token timeout",
+                TokenError::Timeout.into(),
+                504,
+                "token_timeout",
+            ),
+            (
+                "upstream unreachable",
+                ProxyError::Upstream("x".into()),
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                "upstream timeout",
+                ProxyError::UpstreamTimeout,
+                504,
+                "upstream_timeout",
+            ),
+            ("bug", ProxyError::Internal("x".into()), 500, "internal"),
+        ];
+        for (name, err, status, kind) in cases {
+            assert_eq!(err.status().as_u16(), status, "{name}");
+            assert_eq!(err.kind(), kind, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn response_has_spapi_shape_and_header() {
+        let resp = refused().into_response();
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()[PROXY_ERROR_HEADER], "token_refused");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let e = &v["errors"][0];
+        assert_eq!(e["code"], "invalid_grant");
+        assert!(e["message"].as_str().unwrap().contains("invalid_grant"));
+        assert!(e["details"].is_string());
+    }
+
+    #[test]
+    fn rate_limited_sets_retry_after() {
+        let resp = ProxyError::RateLimited {
+            retry_after_secs: 7,
+            reason: "queue full".into(),
+        }
+        .into_response();
+        assert_eq!(resp.headers()["retry-after"], "7");
+    }
+}

@@ -1,0 +1,197 @@
+//! The `spapi-proxy` binary: arguments and environment in, a running proxy out, failures as exit codes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use spapi_proxy::config::{Config, ConfigError};
+use spapi_proxy::proxy::Proxy;
+use spapi_proxy::{server, sim};
+use tokio::net::TcpListener;
+
+/// EX_USAGE from sysexits.h: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+
+/// A signing reverse proxy for the Amazon Selling Partner API.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Serve(ServeArgs),
+    /// Run the proxy against a built-in SP-API simulator; needs no credentials.
+    Demo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Validate the configuration and environment and print the effective settings.
+    Check {
+        /// Configuration file (default: ./proxy.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Configuration file (default: ./proxy.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen` and SPAPI_LISTEN).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Demo { listen }) => runtime.block_on(demo(listen)),
+        Some(Command::Check { config }) => check(config.as_deref()),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Loads the configuration before any port is bound, so a mistake costs nothing.
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let default = Path::new("proxy.toml");
+    let path = path.or_else(|| default.exists().then_some(default));
+    Config::load(path, &|name| std::env::var(name).ok())
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("error: configuration: {e}");
+    ExitCode::from(EX_USAGE)
+}
+
+fn check(path: Option<&Path>) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => {
+            print!("{}", config.describe());
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    run(config).await
+}
+
+async fn run(config: Config) -> ExitCode {
+    let proxy = match Proxy::new(&config) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map_or(config.listen, |a| a);
+    tracing::info!(%addr, upstream = %config.endpoint, "spapi-proxy listening");
+    server::serve(
+        listener,
+        proxy,
+        server::shutdown_signal(),
+        config.timeouts.shutdown_grace,
+    )
+    .await;
+    ExitCode::SUCCESS
+}
+
+async fn demo(listen: SocketAddr) -> ExitCode {
+    let simulator = match sim::Simulator::start().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot start the simulator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = [
+        ("SPAPI_ENDPOINT", simulator.url()),
+        ("SPAPI_TOKEN_URL", simulator.token_url()),
+        ("SPAPI_CLIENT_ID", sim::SIM_CLIENT_ID.to_string()),
+        ("SPAPI_CLIENT_SECRET", sim::SIM_CLIENT_SECRET.to_string()),
+        ("SPAPI_REFRESH_TOKEN", sim::SIM_REFRESH_TOKEN.to_string()),
+        ("SPAPI_LISTEN", listen.to_string()),
+    ];
+    let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+    let config = match Config::from_toml_str("", "(demo)", &lookup) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let proxy = match Proxy::new(&config) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map_or(listen, |a| a);
+    println!(
+        "spapi-proxy demo: the proxy on http://{addr} forwards to a local SP-API simulator at {}.",
+        simulator.url()
+    );
+    println!("Try (Ctrl-C stops both):\n");
+    println!("  curl -s 'http://{addr}/sellers/v1/marketplaceParticipations'");
+    println!("  curl -s 'http://{addr}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-11-01T00:00:00Z'");
+    println!("  curl -s 'http://{addr}/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER&includedData=summaries'");
+    println!();
+    server::serve(
+        listener,
+        proxy,
+        server::shutdown_signal(),
+        config.timeouts.shutdown_grace,
+    )
+    .await;
+    drop(simulator);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,304 @@
+//! The request pipeline, read top to bottom, and the one place where errors become responses.
+
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use crate::auth::Auth;
+use crate::body::{full, ProxyBody};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::forward::{self, Forwarder};
+use crate::secret::Secret;
+
+/// A 403 body longer than this is not an SP-API token error, so it is not inspected.
+const MAX_INSPECTED_403: usize = 64 * 1024;
+
+/// The proxy: everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct Proxy {
+    auth: Auth,
+    forwarder: Forwarder,
+    replay_buffer_bytes: u64,
+}
+
+/// A request body: held in memory when small enough to replay, otherwise streamed once.
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+/// The upstream's answer: still streaming, or read whole because we had to look inside.
+enum Upstream {
+    Streaming(reqwest::Response),
+    Read {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+impl Proxy {
+    /// Builds the proxy from validated config. Nothing is fetched until the first request.
+    pub fn new(config: &Config) -> Result<Proxy, ProxyError> {
+        let http = forward::http_client(config)
+            .map_err(|e| ProxyError::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Proxy {
+            auth: Auth::new(config, http.clone()),
+            forwarder: Forwarder::new(http, &config.endpoint, config.timeouts.response),
+            replay_buffer_bytes: config.replay_buffer_bytes,
+        })
+    }
+
+    /// Answers one request; never fails, because every error is turned into a response here.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let result = if path.starts_with("/_proxy/") {
+            self.own_endpoint(&method, &path).await
+        } else {
+            self.proxy(req).await
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::error!(%method, %path, kind = e.kind(), error = %e, "request failed");
+                } else {
+                    tracing::warn!(%method, %path, kind = e.kind(), error = %e, "request refused");
+                }
+                e.into_response()
+            }
+        };
+        tracing::info!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            request_id = response
+                .headers()
+                .get("x-amzn-requestid")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            "request"
+        );
+        response
+    }
+
+    async fn proxy(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .ok_or_else(|| ProxyError::BadRequest("the request has no path".into()))?;
+
+        // 1. Hold small bodies so that a request can be replayed once with a fresh token.
+        let mut body = self.read_body(body, &parts.headers).await?;
+
+        // 2. The token.
+        let token = self.auth.seller_token().await?;
+
+        // 3. Forward.
+        let mut upstream = self
+            .send(
+                &parts.method,
+                &path_and_query,
+                &parts.headers,
+                &mut body,
+                &token,
+            )
+            .await?;
+
+        // 4. Amazon says the token expired or is invalid: fetch a new one and replay once.
+        if upstream.status() == StatusCode::FORBIDDEN && body.replayable() {
+            upstream = upstream.read_whole().await?;
+            if upstream.says_token_rejected() {
+                tracing::info!(path = %parts.uri.path(), "Amazon rejected the access token; refreshing and replaying once");
+                self.auth.reject_seller_token(&token);
+                let token = self.auth.seller_token().await?;
+                upstream = self
+                    .send(
+                        &parts.method,
+                        &path_and_query,
+                        &parts.headers,
+                        &mut body,
+                        &token,
+                    )
+                    .await?;
+            }
+        }
+
+        // 5. Amazon's answer goes back untouched, minus hop-by-hop headers.
+        Ok(upstream.into_response())
+    }
+
+    async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        inbound: &HeaderMap,
+        body: &mut RequestBody,
+        token: &Secret,
+    ) -> Result<Upstream, ProxyError> {
+        let headers = forward::upstream_headers(inbound, token, SystemTime::now());
+        let resp = self
+            .forwarder
+            .send(method.clone(), path_and_query, headers, body.take())
+            .await?;
+        Ok(Upstream::Streaming(resp))
+    }
+
+    async fn read_body(
+        &self,
+        body: Incoming,
+        headers: &HeaderMap,
+    ) -> Result<RequestBody, ProxyError> {
+        let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= self.replay_buffer_bytes);
+        if body.is_end_stream() || (small && !chunked) {
+            let limit = self.replay_buffer_bytes as usize;
+            let bytes = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?
+                .to_bytes();
+            Ok(RequestBody::Buffered(bytes))
+        } else {
+            Ok(RequestBody::Streaming(Some(body)))
+        }
+    }
+
+    async fn own_endpoint(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        match (method, path) {
+            (&Method::GET, "/_proxy/health") => Ok(json_response(
+                StatusCode::OK,
+                serde_json::json!({"status": "ok"}),
+            )),
+            (&Method::GET, "/_proxy/ready") => match self.auth.seller_token().await {
+                Ok(_) => Ok(json_response(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready"}),
+                )),
+                Err(e) => Err(ProxyError::NotReady(format!(
+                    "no access token could be obtained: {e}"
+                ))),
+            },
+            _ => Err(ProxyError::NoRoute {
+                method: method.to_string(),
+                path: path.to_string(),
+            }),
+        }
+    }
+}
+
+impl RequestBody {
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+
+    /// The body for one send; a streaming body can be taken only once.
+    fn take(&mut self) -> reqwest::Body {
+        match self {
+            RequestBody::Buffered(b) => reqwest::Body::from(b.clone()),
+            RequestBody::Streaming(s) => match s.take() {
+                Some(incoming) => reqwest::Body::wrap(incoming),
+                None => reqwest::Body::from(Bytes::new()),
+            },
+        }
+    }
+}
+
+impl Upstream {
+    fn status(&self) -> StatusCode {
+        match self {
+            Upstream::Streaming(r) => r.status(),
+            Upstream::Read { status, .. } => *status,
+        }
+    }
+
+    async fn read_whole(self) -> Result<Upstream, ProxyError> {
+        match self {
+            Upstream::Streaming(resp) => {
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                if resp
+                    .content_length()
+                    .is_some_and(|n| n > MAX_INSPECTED_403 as u64)
+                {
+                    return Ok(Upstream::Streaming(resp));
+                }
+                let body = resp.bytes().await.map_err(|e| {
+                    ProxyError::Upstream(format!("the upstream body broke off: {e}"))
+                })?;
+                Ok(Upstream::Read {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            read => Ok(read),
+        }
+    }
+
+    /// SP-API's answer to an expired or unknown access token: 403 `Unauthorized` whose message
+    /// says the security token is expired or invalid. A 403 for a missing role says
+    /// "Access to requested resource is denied" and must not trigger a refresh.
+    fn says_token_rejected(&self) -> bool {
+        let Upstream::Read { status, body, .. } = self else {
+            return false;
+        };
+        if *status != StatusCode::FORBIDDEN {
+            return false;
+        }
+        let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+        text.contains("unauthorized")
+            && (text.contains("token included in the request is expired")
+                || text.contains("token included in the request is invalid"))
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let (status, mut headers, body) = match self {
+            Upstream::Streaming(resp) => {
+                let resp = http::Response::from(resp);
+                let (parts, body) = resp.into_parts();
+                (
+                    parts.status,
+                    parts.headers,
+                    body.map_err(Into::into).boxed(),
+                )
+            }
+            Upstream::Read {
+                status,
+                headers,
+                body,
+            } => (status, headers, full(body)),
+        };
+        forward::strip_hop_by_hop(&mut headers);
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,692 @@
+//! A local stand-in for LWA and SP-API on loopback, used by `demo` and by the tests.
+//!
+//! It checks what Amazon checks (token present, known, unexpired and single; `x-amz-date`;
+//! `user-agent`), answers a handful of operations with small realistic bodies, records every
+//! request it receives, and lets a test inject faults and read counters.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::body::{full, ProxyBody};
+
+/// The path of the simulated LWA token endpoint.
+pub const TOKEN_PATH: &str = "/auth/o2/token";
+/// The demo credentials the simulator accepts by default.
+pub const SIM_CLIENT_ID: &str = "amzn1.application-oa2-client.simulator";
+/// The demo client secret.
+pub const SIM_CLIENT_SECRET: &str = "sim-client-secret";
+/// The demo refresh token.
+pub const SIM_REFRESH_TOKEN: &str = "Atzr|sim-refresh-token";
+
+/// A fault in the simulated LWA endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LwaFault {
+    /// Answer 500 `server_error`.
+    ServerError,
+    /// Answer 400 `invalid_grant` (a revoked or wrong refresh token).
+    InvalidGrant,
+    /// Answer 401 `invalid_client` (a wrong client id or secret).
+    InvalidClient,
+}
+
+/// One request as the simulated SP-API received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: Method,
+    /// Path and query exactly as received.
+    pub path_and_query: String,
+    /// Every header, in order, repeated names kept.
+    pub headers: Vec<(String, String)>,
+    /// The status the simulator answered.
+    pub status: u16,
+}
+
+impl Recorded {
+    /// All values of one header.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    Seller,
+    Grantless,
+}
+
+#[derive(Debug)]
+struct IssuedToken {
+    expires_at: Instant,
+    #[allow(dead_code, reason = "grantless and restricted operations check it")]
+    kind: TokenKind,
+}
+
+#[derive(Debug)]
+struct Settings {
+    client_id: String,
+    client_secret: String,
+    refresh_token: String,
+    token_lifetime: Duration,
+    lwa_fault: Option<LwaFault>,
+    lwa_latency: Duration,
+    upstream_fault: Option<(u16, usize)>,
+    upstream_latency: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    settings: Mutex<Settings>,
+    tokens: Mutex<HashMap<String, IssuedToken>>,
+    requests: Mutex<Vec<Recorded>>,
+    lwa_calls: AtomicU64,
+    token_rejections: AtomicU64,
+    counter: AtomicU64,
+}
+
+/// A running simulator; stops when dropped.
+#[derive(Debug)]
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Simulator {
+    /// Starts a simulator on `127.0.0.1:0` with the demo credentials and one-hour tokens.
+    pub async fn start() -> std::io::Result<Simulator> {
+        Simulator::start_on(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Starts a simulator on a bound listener.
+    pub fn start_on(listener: TcpListener) -> std::io::Result<Simulator> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            settings: Mutex::new(Settings {
+                client_id: SIM_CLIENT_ID.into(),
+                client_secret: SIM_CLIENT_SECRET.into(),
+                refresh_token: SIM_REFRESH_TOKEN.into(),
+                token_lifetime: Duration::from_secs(3600),
+                lwa_fault: None,
+                lwa_latency: Duration::ZERO,
+                upstream_fault: None,
+                upstream_latency: Duration::ZERO,
+            }),
+            tokens: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+            lwa_calls: AtomicU64::new(0),
+            token_rejections: AtomicU64::new(0),
+            counter: AtomicU64::new(0),
+        });
+        let (stop, mut stopped) = oneshot::channel();
+        let serving = Arc::clone(&state);
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let state = Arc::clone(&serving);
+                        let service = service_fn(move |req| {
+                            let state = Arc::clone(&state);
+                            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                        tokio::spawn(conn);
+                    }
+                    _ = &mut stopped => break,
+                }
+            }
+        });
+        Ok(Simulator {
+            addr,
+            state,
+            stop: Some(stop),
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The LWA token URL.
+    pub fn token_url(&self) -> String {
+        format!("{}{TOKEN_PATH}", self.url())
+    }
+
+    /// `expires_in` for tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.state.settings).token_lifetime = lifetime;
+    }
+
+    /// Makes LWA fail (or, with `None`, work again).
+    pub fn set_lwa_fault(&self, fault: Option<LwaFault>) {
+        lock(&self.state.settings).lwa_fault = fault;
+    }
+
+    /// Delays every LWA answer.
+    pub fn set_lwa_latency(&self, latency: Duration) {
+        lock(&self.state.settings).lwa_latency = latency;
+    }
+
+    /// The next `count` SP-API requests are answered with `status` (e.g. 503).
+    pub fn fail_upstream(&self, status: u16, count: usize) {
+        lock(&self.state.settings).upstream_fault = Some((status, count));
+    }
+
+    /// Delays every SP-API answer.
+    pub fn set_upstream_latency(&self, latency: Duration) {
+        lock(&self.state.settings).upstream_latency = latency;
+    }
+
+    /// Every token issued so far expires now, as if an hour had passed.
+    pub fn expire_all_tokens(&self) {
+        let now = Instant::now();
+        for t in lock(&self.state.tokens).values_mut() {
+            t.expires_at = now;
+        }
+    }
+
+    /// How many times the LWA endpoint was called.
+    pub fn lwa_calls(&self) -> u64 {
+        self.state.lwa_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many SP-API requests were refused for a missing, unknown, expired or doubled token.
+    pub fn token_rejections(&self) -> u64 {
+        self.state.token_rejections.load(Ordering::SeqCst)
+    }
+
+    /// Every SP-API request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.requests).clone()
+    }
+}
+
+/// The simulator's deterministic body byte at `offset` (for `/_sim/bytes`).
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.uri().path() == TOKEN_PATH {
+        lwa(state, req).await
+    } else {
+        spapi(state, req).await
+    }
+}
+
+fn json_response(status: u16, value: Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn spapi_error(status: u16, code: &str, message: &str) -> Response<ProxyBody> {
+    json_response(
+        status,
+        json!({"errors": [{"code": code, "message": message, "details": ""}]}),
+    )
+}
+
+async fn lwa(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+    state.lwa_calls.fetch_add(1, Ordering::SeqCst);
+    let (fault, latency) = {
+        let s = lock(&state.settings);
+        (s.lwa_fault, s.lwa_latency)
+    };
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let lwa_error = |status, error: &str, description: &str| {
+        json_response(
+            status,
+            json!({"error": error, "error_description": description}),
+        )
+    };
+    match fault {
+        Some(LwaFault::ServerError) => return lwa_error(500, "server_error", "simulated outage"),
+        Some(LwaFault::InvalidGrant) => {
+            return lwa_error(
+                400,
+                "invalid_grant",
+                "The request has an invalid grant parameter : refresh_token",
+            )
+        }
+        Some(LwaFault::InvalidClient) => {
+            return lwa_error(401, "invalid_client", "Client authentication failed")
+        }
+        None => {}
+    }
+    let Ok(body) = body else {
+        return lwa_error(400, "invalid_request", "unreadable body");
+    };
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let (lifetime, client_ok, refresh_ok) = {
+        let s = lock(&state.settings);
+        (
+            s.token_lifetime,
+            field("client_id") == s.client_id && field("client_secret") == s.client_secret,
+            field("refresh_token") == s.refresh_token,
+        )
+    };
+    if !client_ok {
+        return lwa_error(401, "invalid_client", "Client authentication failed");
+    }
+    let kind = match field("grant_type") {
+        "refresh_token" if form.contains_key("scope") => {
+            return lwa_error(
+                400,
+                "invalid_request",
+                "send refresh_token or scope, not both",
+            )
+        }
+        "refresh_token" if refresh_ok => TokenKind::Seller,
+        "refresh_token" => {
+            return lwa_error(
+                400,
+                "invalid_grant",
+                "The request has an invalid grant parameter : refresh_token",
+            )
+        }
+        "client_credentials" if !field("scope").is_empty() => TokenKind::Grantless,
+        "client_credentials" => return lwa_error(400, "invalid_scope", "scope is required"),
+        _ => return lwa_error(400, "unsupported_grant_type", "unknown grant_type"),
+    };
+    let n = state.counter.fetch_add(1, Ordering::SeqCst);
+    let token = format!("Atza|sim-{n}-{:x}", pseudo_random(n));
+    lock(&state.tokens).insert(
+        token.clone(),
+        IssuedToken {
+            expires_at: Instant::now() + lifetime,
+            kind,
+        },
+    );
+    json_response(
+        200,
+        json!({
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": lifetime.as_secs(),
+            "refresh_token": field("refresh_token"),
+        }),
+    )
+}
+
+fn pseudo_random(n: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (n ^ nanos).wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// `YYYYMMDDTHHMMSSZ`.
+fn valid_amz_date(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+/// SP-API's refusal: status, code, message.
+type Refusal = (u16, &'static str, &'static str);
+
+/// Checks the headers SP-API checks.
+fn check_request(state: &State, headers: &HeaderMap) -> Result<(), Refusal> {
+    let denied = |message: &'static str| {
+        state.token_rejections.fetch_add(1, Ordering::SeqCst);
+        Err((403, "Unauthorized", message))
+    };
+    let tokens: Vec<&HeaderValue> = headers.get_all("x-amz-access-token").iter().collect();
+    let token = match tokens.as_slice() {
+        [] => return denied("Access to requested resource is denied."),
+        [one] => one.to_str().unwrap_or(""),
+        _ => return denied("The security token included in the request is invalid."),
+    };
+    match lock(&state.tokens).get(token) {
+        None => return denied("The security token included in the request is invalid."),
+        Some(t) if Instant::now() >= t.expires_at => {
+            return denied("The security token included in the request is expired")
+        }
+        Some(_) => {}
+    }
+    let date_ok = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(valid_amz_date);
+    if !date_ok {
+        return Err((
+            400,
+            "InvalidInput",
+            "Missing or malformed x-amz-date header (expected YYYYMMDDTHHMMSSZ).",
+        ));
+    }
+    if headers.get_all(http::header::USER_AGENT).iter().count() != 1 {
+        return Err((
+            400,
+            "InvalidInput",
+            "A single user-agent header is required.",
+        ));
+    }
+    Ok(())
+}
+
+async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+    let method = req.method().clone();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (fault, latency) = {
+        let mut s = lock(&state.settings);
+        let fault = match &mut s.upstream_fault {
+            Some((status, left)) if *left > 0 => {
+                *left -= 1;
+                Some(*status)
+            }
+            _ => None,
+        };
+        (fault, s.upstream_latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut resp = match fault {
+        Some(status) => spapi_error(status, "ServiceUnavailable", "Simulated failure."),
+        None => match check_request(state, req.headers()) {
+            Err((status, code, message)) => spapi_error(status, code, message),
+            Ok(()) => route(req).await,
+        },
+    };
+    let n = state.counter.fetch_add(1, Ordering::SeqCst);
+    resp.headers_mut().insert(
+        "x-amzn-RequestId",
+        HeaderValue::from_str(&format!("sim-{n:08x}-{:04x}", pseudo_random(n) & 0xffff))
+            .expect("hex"),
+    );
+    lock(&state.requests).push(Recorded {
+        method,
+        path_and_query,
+        headers,
+        status: resp.status().as_u16(),
+    });
+    resp
+}
+
+/// Published usage-plan rates, sent back in `x-amzn-RateLimit-Limit` as Amazon does.
+fn with_rate(mut resp: Response<ProxyBody>, rate: &'static str) -> Response<ProxyBody> {
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) || status == 400 || status == 404 {
+        resp.headers_mut()
+            .insert("x-amzn-RateLimit-Limit", HeaderValue::from_static(rate));
+    }
+    resp
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+async fn route(req: Request<Incoming>) -> Response<ProxyBody> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["sellers", "v1", "marketplaceParticipations"]) => {
+            with_rate(json_response(200, marketplace_participations()), "0.016")
+        }
+        (&Method::GET, ["orders", "v0", "orders"]) => {
+            if query_param(&query, "MarketplaceIds").is_none() {
+                return with_rate(
+                    spapi_error(400, "InvalidInput", "Missing required 'MarketplaceIds'."),
+                    "0.0167",
+                );
+            }
+            let orders: Vec<Value> = ORDER_IDS.iter().map(|id| order(id)).collect();
+            with_rate(
+                json_response(
+                    200,
+                    json!({"payload": {"Orders": orders, "CreatedBefore": "2026-11-23T12:00:00Z"}}),
+                ),
+                "0.0167",
+            )
+        }
+        (&Method::GET, ["orders", "v0", "orders", id]) => {
+            with_rate(json_response(200, json!({"payload": order(id)})), "0.5")
+        }
+        (&Method::GET, ["orders", "v0", "orders", id, "orderItems"]) => with_rate(
+            json_response(
+                200,
+                json!({"payload": {"AmazonOrderId": id, "OrderItems": [order_item()]}}),
+            ),
+            "0.5",
+        ),
+        (&Method::GET, ["catalog", "2022-04-01", "items", asin]) => {
+            with_rate(json_response(200, catalog_item(asin)), "2.0")
+        }
+        (&Method::POST, ["reports", "2021-06-30", "reports"]) => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let spec: Option<Value> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match spec.as_ref().and_then(|v| v["reportType"].as_str()) {
+                Some(_) => with_rate(json_response(202, json!({"reportId": "50001"})), "0.0167"),
+                None => with_rate(
+                    spapi_error(400, "InvalidInput", "reportType is required."),
+                    "0.0167",
+                ),
+            }
+        }
+        (&Method::GET, ["reports", "2021-06-30", "reports", id]) => with_rate(
+            json_response(
+                200,
+                json!({
+                    "reportId": id,
+                    "reportType": "GET_MERCHANT_LISTINGS_ALL_DATA",
+                    "processingStatus": "DONE",
+                    "marketplaceIds": ["ATVPDKIKX0DER"],
+                    "createdTime": "2026-11-23T10:00:00+00:00",
+                    "reportDocumentId": format!("amzn1.spdoc.1.4.na.{id}"),
+                }),
+            ),
+            "2.0",
+        ),
+        (&Method::GET, ["_sim", "bytes"]) => {
+            let size: u64 = query_param(&query, "size")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            pattern_body(size)
+        }
+        (&Method::POST | &Method::PUT, ["_sim", "sha256"]) => {
+            let mut body = req.into_body();
+            let mut hasher = Sha256::new();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(d) = f.data_ref() {
+                            total += d.len() as u64;
+                            hasher.update(d);
+                        }
+                    }
+                    Err(e) => return spapi_error(400, "InvalidInput", &e.to_string()),
+                }
+            }
+            json_response(
+                200,
+                json!({"sha256": hex(&hasher.finalize()), "bytes": total}),
+            )
+        }
+        _ => spapi_error(404, "NotFound", "Resource not found."),
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn pattern_body(size: u64) -> Response<ProxyBody> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunks = futures_util::stream::iter((0..size.div_ceil(CHUNK)).map(move |i| {
+        let start = i * CHUNK;
+        let end = (start + CHUNK).min(size);
+        let data: Vec<u8> = (start..end).map(pattern_byte).collect();
+        Ok::<_, crate::body::BoxError>(Frame::data(Bytes::from(data)))
+    }));
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(size));
+    resp
+}
+
+const ORDER_IDS: [&str; 3] = [
+    "902-3159896-1390916",
+    "113-7645321-0042219",
+    "701-2299001-8872305",
+];
+
+fn order(id: &str) -> Value {
+    json!({
+        "AmazonOrderId": id,
+        "PurchaseDate": "2026-11-20T18:26:01Z",
+        "LastUpdateDate": "2026-11-21T09:14:42Z",
+        "OrderStatus": "Unshipped",
+        "FulfillmentChannel": "MFN",
+        "SalesChannel": "Amazon.com",
+        "ShipServiceLevel": "Std US D2D Dom",
+        "OrderTotal": {"CurrencyCode": "USD", "Amount": "27.98"},
+        "NumberOfItemsShipped": 0,
+        "NumberOfItemsUnshipped": 2,
+        "PaymentMethod": "Other",
+        "MarketplaceId": "ATVPDKIKX0DER",
+        "ShipmentServiceLevelCategory": "Standard",
+        "OrderType": "StandardOrder",
+        "EarliestShipDate": "2026-11-21T08:00:00Z",
+        "LatestShipDate": "2026-11-23T07:59:59Z",
+        "IsBusinessOrder": false,
+        "IsPrime": false,
+        "IsPremiumOrder": false,
+        "IsReplacementOrder": false,
+        "ShippingAddress": {"StateOrRegion": "WA", "PostalCode": "98101", "City": "SEATTLE", "CountryCode": "US"}
+    })
+}
+
+fn order_item() -> Value {
+    json!({
+        "ASIN": "B0C1EXAMPL",
+        "SellerSKU": "MUG-BLUE-12OZ",
+        "OrderItemId": "68828574383266",
+        "Title": "Stoneware Coffee Mug, 12 oz, Blue",
+        "QuantityOrdered": 2,
+        "QuantityShipped": 0,
+        "ItemPrice": {"CurrencyCode": "USD", "Amount": "27.98"},
+        "ItemTax": {"CurrencyCode": "USD", "Amount": "2.66"},
+        "IsGift": "false",
+        "ConditionId": "New"
+    })
+}
+
+fn catalog_item(asin: &str) -> Value {
+    json!({
+        "asin": asin,
+        "summaries": [{
+            "marketplaceId": "ATVPDKIKX0DER",
+            "brand": "Harbor & Kiln",
+            "itemName": "Stoneware Coffee Mug, 12 oz, Blue",
+            "manufacturer": "Harbor & Kiln",
+            "itemClassification": "BASE_PRODUCT"
+        }]
+    })
+}
+
+fn marketplace_participations() -> Value {
+    json!({"payload": [{
+        "marketplace": {
+            "id": "ATVPDKIKX0DER",
+            "countryCode": "US",
+            "name": "Amazon.com",
+            "defaultCurrencyCode": "USD",
+            "defaultLanguageCode": "en_US",
+            "domainName": "www.amazon.com"
+        },
+        "participation": {"isParticipating": true, "hasSuspendedListings": false}
+    }]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_amz_date;
+
+    #[test]
+    fn amz_date_check_table() {
+        let cases = [
+            ("20261123T173800Z", true),
+            ("20261123T1738Z", false),
+            ("2026-11-23T17:38:00Z", false),
+            ("20261123 173800Z", false),
+            ("", false),
+        ];
+        for (v, ok) in cases {
+            assert_eq!(valid_amz_date(v), ok, "{v}");
+        }
+    }
+}
