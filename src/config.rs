@@ -19,11 +19,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
-    #[error("{file}: {message}")]
+    #[error("{file}, line {line}: `{key}`: {message}")]
     Parse {
         /// The file that was read.
         file: String,
-        /// The parser's message; it names the key.
+        /// 1-based line of the problem.
+        line: usize,
+        /// The dotted key at that line (`timeouts.connect`), or the table for a header error.
+        key: String,
+        /// The parser's message.
         message: String,
     },
     /// A key has a value the proxy cannot use.
@@ -263,6 +267,35 @@ fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| invalid(key, format!("`{s}` is not an address like 127.0.0.1:8080")))
 }
 
+/// The line number and dotted key at byte `offset` of a TOML text, so that a parse error
+/// names the key even when the parser's own message (e.g. "invalid type") does not.
+fn key_at(text: &str, offset: usize) -> (usize, String) {
+    let mut table = String::new();
+    let mut start = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let end = start + line.len();
+        let trimmed = line.trim();
+        let header = trimmed
+            .strip_prefix('[')
+            .and_then(|t| t.split(']').next())
+            .map(|t| t.trim_matches(['[', ' ']).to_string());
+        if offset < end || end == text.len() {
+            let key = match (&header, trimmed.split_once('=')) {
+                (Some(h), _) => h.clone(),
+                (None, Some((k, _))) if table.is_empty() => k.trim().to_string(),
+                (None, Some((k, _))) => format!("{table}.{}", k.trim()),
+                (None, None) => table.clone(),
+            };
+            return (i + 1, key);
+        }
+        if let Some(h) = header {
+            table = h;
+        }
+        start = end;
+    }
+    (1, String::new())
+}
+
 impl Config {
     /// Reads `path`, applies the environment and validates the result.
     pub fn load(path: Option<&Path>, env: Env<'_>) -> Result<Config, ConfigError> {
@@ -279,12 +312,14 @@ impl Config {
 
     /// Parses TOML text, applies the environment and validates the result.
     pub fn from_toml_str(text: &str, file: &str, env: Env<'_>) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_string(),
-            message: e.message().to_string()
-                + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
-                    .unwrap_or_default(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, key) = key_at(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Parse {
+                file: file.to_string(),
+                line,
+                key,
+                message: e.message().to_string(),
+            }
         })?;
         Config::validate(raw, env)
     }
@@ -452,7 +487,7 @@ refresh_token = "Atzr|file-refresh"
     fn err_key(r: Result<Config, ConfigError>) -> String {
         match r.unwrap_err() {
             ConfigError::Invalid { key, .. } | ConfigError::Missing { key, .. } => key,
-            ConfigError::Parse { message, .. } => message,
+            ConfigError::Parse { key, .. } => key,
             ConfigError::Io { message, .. } => message,
         }
     }
@@ -511,8 +546,13 @@ refresh_token = "Atzr|file-refresh"
                 "replay_buffer_bytes",
             ),
         ];
+        let env_creds = [
+            ("SPAPI_CLIENT_ID", "a"),
+            ("SPAPI_CLIENT_SECRET", "b"),
+            ("SPAPI_REFRESH_TOKEN", "c"),
+        ];
         for (name, text, key) in cases {
-            let got = err_key(parse(&format!("{text}\n{CREDS}")));
+            let got = err_key(parse_with(text, &env_creds));
             assert!(
                 got.contains(key),
                 "{name}: error {got:?} does not name {key}"

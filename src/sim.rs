@@ -231,6 +231,11 @@ impl Simulator {
         self.state.token_rejections.load(Ordering::SeqCst)
     }
 
+    /// Every access token issued so far (for tests that check nothing leaked).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.state.tokens).keys().cloned().collect()
+    }
+
     /// Every SP-API request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests).clone()
@@ -550,6 +555,14 @@ async fn route(req: Request<Incoming>) -> Response<ProxyBody> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             pattern_body(size)
+        }
+        (&Method::GET, ["_sim", "redirect"]) => {
+            let mut resp = spapi_error(302, "Found", "Moved.");
+            resp.headers_mut().insert(
+                http::header::LOCATION,
+                HeaderValue::from_static("/sellers/v1/marketplaceParticipations"),
+            );
+            resp
         }
         (&Method::POST | &Method::PUT, ["_sim", "sha256"]) => {
             let mut body = req.into_body();

@@ -1,0 +1,182 @@
+//! The binary itself: `check`, startup errors, and what it writes to its logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use spapi_proxy::sim::{LwaFault, Simulator, SIM_CLIENT_SECRET, SIM_REFRESH_TOKEN};
+
+use crate::support::sim_env;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spapi-proxy");
+
+/// A fresh directory with no `proxy.toml` in it, so the binary reads only what a test gives it.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("spapi-proxy-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn command(dir: &PathBuf) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir).env_clear();
+    cmd
+}
+
+#[test]
+fn check_with_a_bad_config_names_the_key_and_fails() {
+    let dir = scratch_dir("bad-config");
+    let cases = [
+        (
+            "unknown key",
+            "listen = \"127.0.0.1:8080\"\nregoin = \"eu\"\n",
+            "regoin",
+        ),
+        ("bad value", "region = \"mars\"\n", "region"),
+        (
+            "bad timeout",
+            "[timeouts]\nconnect = -5\n",
+            "timeouts.connect",
+        ),
+    ];
+    for (name, text, key) in cases {
+        let file = dir.join("proxy.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = command(&dir)
+            .args(["check", "--config"])
+            .arg(&file)
+            .env("SPAPI_CLIENT_ID", "a")
+            .env("SPAPI_CLIENT_SECRET", "b")
+            .env("SPAPI_REFRESH_TOKEN", "c")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}: {stderr}");
+        assert!(stderr.contains(key), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn check_prints_effective_settings_with_secrets_masked() {
+    let dir = scratch_dir("good-config");
+    let out = command(&dir)
+        .arg("check")
+        .env("LWA_APP_ID", "amzn1.application-oa2-client.abc")
+        .env("LWA_CLIENT_SECRET", "very-secret-value")
+        .env("SP_API_REFRESH_TOKEN", "Atzr|very-secret-refresh")
+        .env("SPAPI_REGION", "eu")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("https://sellingpartnerapi-eu.amazon.com"));
+    assert!(stdout.contains("amzn1.application-oa2-client.abc"));
+    assert!(stdout.contains("***"));
+    assert!(!stdout.contains("very-secret"), "{stdout}");
+}
+
+#[test]
+fn serve_without_credentials_suggests_demo() {
+    let dir = scratch_dir("no-creds");
+    let out = command(&dir).arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("credentials.client_id"), "{stderr}");
+    assert!(stderr.contains("spapi-proxy demo"), "{stderr}");
+}
+
+/// Runs the binary at trace level against the simulator and collects everything it logs.
+struct LoggedProxy {
+    child: std::process::Child,
+    addr: String,
+    logs: Arc<Mutex<String>>,
+}
+
+impl LoggedProxy {
+    fn start(sim: &Simulator, args: &[&str]) -> LoggedProxy {
+        let dir = scratch_dir("trace");
+        let mut child = command(&dir)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(sim_env(sim))
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("spapi-proxy listening") {
+                    if let Some(rest) = line.split("addr=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = addr_tx.send(addr);
+                    }
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the proxy logs its address");
+        LoggedProxy { child, addr, logs }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = self.logs.lock().unwrap().clone();
+        logs
+    }
+}
+
+#[tokio::test]
+async fn no_secret_appears_in_trace_logs() {
+    let sim = Simulator::start().await.unwrap();
+    let proxy = LoggedProxy::start(&sim, &["serve"]);
+    let client = crate::support::client();
+    let url = format!("http://{}/orders/v0/orders/902-3159896-1390916", proxy.addr);
+
+    // A normal request, a 403-expired replay, a POST, and a refused refresh token.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    sim.expire_all_tokens();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let report = format!("http://{}/reports/2021-06-30/reports", proxy.addr);
+    let resp = client
+        .post(report)
+        .body(r#"{"reportType":"GET_MERCHANT_LISTINGS_ALL_DATA"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    sim.expire_all_tokens();
+    sim.set_lwa_fault(Some(LwaFault::InvalidGrant));
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 502);
+
+    let logs = proxy.stop();
+    assert!(logs.contains("TRACE"), "ran at trace level");
+    assert!(logs.lines().count() > 20, "{logs}");
+    let mut secrets = vec![SIM_CLIENT_SECRET.to_string(), SIM_REFRESH_TOKEN.to_string()];
+    secrets.extend(sim.issued_tokens());
+    assert!(secrets.len() >= 4, "tokens were issued: {secrets:?}");
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret leaked into the logs"
+        );
+        // The form-encoded spelling of the refresh token too.
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        assert!(
+            !logs.contains(&encoded),
+            "an encoded secret leaked into the logs"
+        );
+    }
+}

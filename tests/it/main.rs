@@ -1,0 +1,9 @@
+//! Integration tests: the real proxy against the simulator on loopback.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod cli;
+mod forwarding;
+mod shutdown;

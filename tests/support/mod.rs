@@ -1,0 +1,116 @@
+//! Test fixtures: the simulator and a real proxy in front of it, both on 127.0.0.1:0.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spapi_proxy::config::Config;
+use spapi_proxy::proxy::Proxy;
+use spapi_proxy::server;
+use spapi_proxy::sim::{self, Simulator};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A simulator, a proxy pointed at it, and a client for the proxy.
+pub struct Harness {
+    pub sim: Simulator,
+    pub url: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// The environment that points a config at `sim` with the simulator's credentials.
+pub fn sim_env(sim: &Simulator) -> HashMap<String, String> {
+    [
+        ("SPAPI_ENDPOINT", sim.url()),
+        ("SPAPI_TOKEN_URL", sim.token_url()),
+        ("SPAPI_CLIENT_ID", sim::SIM_CLIENT_ID.to_string()),
+        ("SPAPI_CLIENT_SECRET", sim::SIM_CLIENT_SECRET.to_string()),
+        ("SPAPI_REFRESH_TOKEN", sim::SIM_REFRESH_TOKEN.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub fn config_for(sim: &Simulator, toml: &str) -> Config {
+    let env = sim_env(sim);
+    Config::from_toml_str(toml, "test.toml", &|k| env.get(k).cloned()).expect("valid test config")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl Harness {
+    /// Simulator plus proxy with default settings.
+    pub async fn start() -> Harness {
+        Harness::with_config("").await
+    }
+
+    /// Simulator plus proxy configured by `toml` (endpoints and credentials come from the env).
+    pub async fn with_config(toml: &str) -> Harness {
+        let sim = Simulator::start().await.unwrap();
+        let config = config_for(&sim, toml);
+        Harness::with(sim, config).await
+    }
+
+    /// A proxy with this exact config in front of `sim`.
+    pub async fn with(sim: Simulator, config: Config) -> Harness {
+        let proxy = Arc::new(Proxy::new(&config).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            proxy,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Harness {
+            sim,
+            url,
+            client: client(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.url)
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path_and_query))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Starts graceful shutdown and waits for the server to finish.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// The JSON body of a response.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    let bytes = resp.bytes().await.unwrap();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
