@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use crate::operations::{AuthKind, Catalog, Operation};
 use crate::secret::Secret;
 
 /// The LWA token endpoint Amazon documents for every region.
@@ -124,6 +125,19 @@ struct RawConfig {
     timeouts: RawTimeouts,
     token_retries: Option<u32>,
     replay_buffer_bytes: Option<u64>,
+    unknown_operations: Option<String>,
+    default_rate: Option<f64>,
+    default_burst: Option<u32>,
+    operations: Option<toml::Table>,
+}
+
+/// `[operations.<name>]`: per-operation settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    data_elements: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -154,15 +168,69 @@ struct RawTimeouts {
     shutdown_grace: Option<f64>,
 }
 
-/// The app's LWA credentials and the seller's refresh token.
-#[derive(Debug, Clone)]
+/// The app's LWA credentials and the seller's refresh token, as far as they are configured.
+///
+/// They are optional here so that `explain` and `operations` work without any; `serve` and
+/// `check` call [`Config::require_credentials`].
+#[derive(Debug, Clone, Default)]
 pub struct Credentials {
     /// LWA client id (not a secret: it appears in Seller Central URLs).
-    pub client_id: String,
+    pub client_id: Option<String>,
     /// LWA client secret.
-    pub client_secret: Secret,
+    pub client_secret: Option<Secret>,
     /// The seller's refresh token.
-    pub refresh_token: Secret,
+    pub refresh_token: Option<Secret>,
+}
+
+/// What the proxy does with a request that matches no operation in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOperations {
+    /// Forward it with the seller's LWA token under the shared default limit.
+    Forward,
+    /// Answer 404 `unknown_operation` without calling Amazon.
+    Reject,
+}
+
+/// A token bucket's shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// Requests per second, > 0.
+    pub rate: f64,
+    /// Bucket size, >= 1.
+    pub burst: u32,
+}
+
+/// Where a quota came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaSource {
+    /// The usage plan published in Amazon's model.
+    Catalog,
+    /// `[operations.<name>]` in the config.
+    Config,
+    /// `default_rate`/`default_burst`: no published plan, or an unknown operation.
+    Default,
+}
+
+impl QuotaSource {
+    /// Lowercase name for display and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaSource::Catalog => "catalog",
+            QuotaSource::Config => "config",
+            QuotaSource::Default => "default",
+        }
+    }
+}
+
+/// Validated `[operations.<name>]` settings for one operation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OperationSettings {
+    /// Overrides the published rate.
+    pub rate: Option<f64>,
+    /// Overrides the published burst.
+    pub burst: Option<u32>,
+    /// dataElements asked for when a request names none (restricted operations only).
+    pub data_elements: Option<Vec<String>>,
 }
 
 /// Timeouts for everything the proxy waits on.
@@ -213,6 +281,12 @@ pub struct Config {
     pub token_retries: u32,
     /// Request bodies up to this size are kept so the request can be replayed once.
     pub replay_buffer_bytes: u64,
+    /// What to do with requests for no known operation.
+    pub unknown_operations: UnknownOperations,
+    /// The quota of operations without a published plan, and of all unknown requests together.
+    pub default_quota: Quota,
+    /// Per-operation settings, by catalog index.
+    pub operations: std::collections::HashMap<usize, OperationSettings>,
 }
 
 /// Looks up an environment variable; tests pass a map instead of the process environment.
@@ -259,6 +333,123 @@ fn seconds(key: &str, value: Option<f64>, default: Duration) -> Result<Duration,
             format!("{v} is not a positive number of seconds"),
         )),
     }
+}
+
+fn positive_rate(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= 100_000.0 {
+        Ok(v)
+    } else {
+        Err(invalid(
+            key,
+            format!("{v} is not a rate in requests per second (> 0)"),
+        ))
+    }
+}
+
+fn positive_burst(key: &str, v: u32) -> Result<u32, ConfigError> {
+    if (1..=100_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("{v} is not a burst (at least 1)")))
+    }
+}
+
+/// Validates `[operations.*]`. A key is an operationId (applying to every API that has it) or an
+/// API name holding operationIds (`[operations.ordersV0.getOrders]`, that one operation only,
+/// which wins over the bare name).
+fn operation_settings(
+    table: toml::Table,
+) -> Result<std::collections::HashMap<usize, OperationSettings>, ConfigError> {
+    let catalog = Catalog::builtin();
+    let suggest = |name: &str| {
+        catalog
+            .nearest(name)
+            .map_or_else(String::new, |n| format!("; did you mean `{n}`?"))
+    };
+    let mut bare = Vec::new();
+    let mut qualified = Vec::new();
+    for (name, value) in table {
+        let ops = catalog.by_id(&name);
+        if !ops.is_empty() {
+            bare.push((format!("operations.{name}"), ops, value));
+        } else if catalog.has_api(&name) {
+            let toml::Value::Table(inner) = value else {
+                return Err(invalid(
+                    &format!("operations.{name}"),
+                    "an API name must hold a table of operationIds",
+                ));
+            };
+            for (id, value) in inner {
+                let key = format!("operations.{name}.{id}");
+                let op = catalog.by_qualified(&name, &id).ok_or_else(|| {
+                    invalid(
+                        &key,
+                        format!(
+                            "API {name} has no operation {id}{}",
+                            suggest(&format!("{name}.{id}"))
+                        ),
+                    )
+                })?;
+                qualified.push((key, vec![op], value));
+            }
+        } else {
+            return Err(invalid(
+                &format!("operations.{name}"),
+                format!(
+                    "no SP-API operation or API is called `{name}`{}",
+                    suggest(&name)
+                ),
+            ));
+        }
+    }
+    let mut out = std::collections::HashMap::new();
+    for (key, ops, value) in bare.into_iter().chain(qualified) {
+        let raw: RawOverride = value
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(&key, e.message().to_string()))?;
+        let settings = OperationSettings {
+            rate: raw
+                .rate
+                .map(|r| positive_rate(&format!("{key}.rate"), r))
+                .transpose()?,
+            burst: raw
+                .burst
+                .map(|b| positive_burst(&format!("{key}.burst"), b))
+                .transpose()?,
+            data_elements: raw.data_elements,
+        };
+        for op in ops {
+            if let Some(elements) = &settings.data_elements {
+                let allowed: &[String] = match &op.auth {
+                    AuthKind::Rdt(spec) => &spec.elements,
+                    _ => &[],
+                };
+                if let Some(bad) = elements.iter().find(|e| !allowed.contains(e)) {
+                    return Err(invalid(
+                        &format!("{key}.data_elements"),
+                        format!(
+                            "{} does not accept `{bad}` (accepted: {})",
+                            op.qualified(),
+                            if allowed.is_empty() {
+                                "none".to_string()
+                            } else {
+                                allowed.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            // Bare names come first, so a qualified entry's fields win over them.
+            let entry: &mut OperationSettings = out.entry(op.index).or_default();
+            entry.rate = settings.rate.or(entry.rate);
+            entry.burst = settings.burst.or(entry.burst);
+            entry.data_elements = settings
+                .data_elements
+                .clone()
+                .or(entry.data_elements.take());
+        }
+    }
+    Ok(out)
 }
 
 fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -353,36 +544,26 @@ impl Config {
         };
 
         let c = raw.credentials;
-        let hint = |var: &str, alt: &str| {
-            format!(
-                "set it in proxy.toml [credentials] or with {var} (or {alt}); \
-                 to try the proxy without credentials run `spapi-proxy demo`"
-            )
+        let pick = |names: &[&'static str], file: Option<String>| {
+            env_first(env, names)
+                .map(|(_, v)| v)
+                .or(file)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
         };
-        let client_id = env_first(env, &["SPAPI_CLIENT_ID", "LWA_APP_ID"])
-            .map(|(_, v)| v)
-            .or(c.client_id)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| ConfigError::Missing {
-                key: "credentials.client_id".into(),
-                hint: hint("SPAPI_CLIENT_ID", "LWA_APP_ID"),
-            })?;
-        let client_secret = env_first(env, &["SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"])
-            .map(|(_, v)| v)
-            .or(c.client_secret)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| ConfigError::Missing {
-                key: "credentials.client_secret".into(),
-                hint: hint("SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"),
-            })?;
-        let refresh_token = env_first(env, &["SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"])
-            .map(|(_, v)| v)
-            .or(c.refresh_token)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| ConfigError::Missing {
-                key: "credentials.refresh_token".into(),
-                hint: hint("SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"),
-            })?;
+        let credentials = Credentials {
+            client_id: pick(&["SPAPI_CLIENT_ID", "LWA_APP_ID"], c.client_id),
+            client_secret: pick(
+                &["SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"],
+                c.client_secret,
+            )
+            .map(Secret::new),
+            refresh_token: pick(
+                &["SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"],
+                c.refresh_token,
+            )
+            .map(Secret::new),
+        };
 
         let t = raw.timeouts;
         let d = Timeouts::default();
@@ -406,21 +587,88 @@ impl Config {
             return Err(invalid("replay_buffer_bytes", "at most 16 MiB (16777216)"));
         }
 
+        let unknown_operations = match raw.unknown_operations.as_deref() {
+            None | Some("forward") => UnknownOperations::Forward,
+            Some("reject") => UnknownOperations::Reject,
+            Some(other) => {
+                return Err(invalid(
+                    "unknown_operations",
+                    format!("`{other}` is neither \"forward\" nor \"reject\""),
+                ))
+            }
+        };
+        let default_quota = Quota {
+            rate: positive_rate("default_rate", raw.default_rate.unwrap_or(1.0))?,
+            burst: positive_burst("default_burst", raw.default_burst.unwrap_or(5))?,
+        };
+        let operations = operation_settings(raw.operations.unwrap_or_default())?;
+
         Ok(Config {
             listen,
             region,
             sandbox,
             endpoint,
             token_url,
-            credentials: Credentials {
-                client_id: client_id.trim().to_string(),
-                client_secret: Secret::new(client_secret.trim()),
-                refresh_token: Secret::new(refresh_token.trim()),
-            },
+            credentials,
             timeouts,
             token_retries,
             replay_buffer_bytes,
+            unknown_operations,
+            default_quota,
+            operations,
         })
+    }
+
+    /// Fails unless the app's credentials and a refresh token are configured.
+    pub fn require_credentials(&self) -> Result<(), ConfigError> {
+        let hint = |var: &str, alt: &str| {
+            format!(
+                "set it in proxy.toml [credentials] or with {var} (or {alt}); \
+                 to try the proxy without credentials run `spapi-proxy demo`"
+            )
+        };
+        let c = &self.credentials;
+        if c.client_id.is_none() {
+            return Err(ConfigError::Missing {
+                key: "credentials.client_id".into(),
+                hint: hint("SPAPI_CLIENT_ID", "LWA_APP_ID"),
+            });
+        }
+        if c.client_secret.is_none() {
+            return Err(ConfigError::Missing {
+                key: "credentials.client_secret".into(),
+                hint: hint("SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"),
+            });
+        }
+        if c.refresh_token.is_none() {
+            return Err(ConfigError::Missing {
+                key: "credentials.refresh_token".into(),
+                hint: hint("SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The bucket shape for `op` (or for unknown requests), and where it came from.
+    pub fn quota(&self, op: Option<&Operation>) -> (Quota, QuotaSource) {
+        let Some(op) = op else {
+            return (self.default_quota, QuotaSource::Default);
+        };
+        let settings = self.operations.get(&op.index);
+        let over_rate = settings.and_then(|s| s.rate);
+        let over_burst = settings.and_then(|s| s.burst);
+        let quota = Quota {
+            rate: over_rate.or(op.rate).unwrap_or(self.default_quota.rate),
+            burst: over_burst.or(op.burst).unwrap_or(self.default_quota.burst),
+        };
+        let source = if over_rate.is_some() || over_burst.is_some() {
+            QuotaSource::Config
+        } else if op.rate.is_some() {
+            QuotaSource::Catalog
+        } else {
+            QuotaSource::Default
+        };
+        (quota, source)
     }
 
     /// The effective settings, one per line, with every secret masked (for `spapi-proxy check`).
@@ -436,15 +684,17 @@ impl Config {
              refresh_token       {}\n\
              timeouts            connect {:?}, response {:?}, idle {:?}, token {:?}, shutdown_grace {:?}\n\
              token_retries       {}\n\
-             replay_buffer_bytes {}\n",
+             replay_buffer_bytes {}\n\
+             unknown_operations  {}\n\
+             default limit       {} req/s, burst {}\n",
             self.listen,
             self.region.name(),
             if self.sandbox { " (sandbox)" } else { "" },
             self.endpoint.as_str().trim_end_matches('/'),
             self.token_url,
-            self.credentials.client_id,
-            self.credentials.client_secret,
-            self.credentials.refresh_token,
+            self.credentials.client_id.as_deref().unwrap_or("(not set)"),
+            shown(&self.credentials.client_secret),
+            shown(&self.credentials.refresh_token),
             t.connect,
             t.response,
             t.idle,
@@ -452,7 +702,40 @@ impl Config {
             t.shutdown_grace,
             self.token_retries,
             self.replay_buffer_bytes,
-        )
+            match self.unknown_operations {
+                UnknownOperations::Forward => "forward",
+                UnknownOperations::Reject => "reject",
+            },
+            self.default_quota.rate,
+            self.default_quota.burst,
+        ) + &self.describe_operations()
+    }
+
+    fn describe_operations(&self) -> String {
+        let catalog = Catalog::builtin();
+        let mut lines: Vec<String> = self
+            .operations
+            .keys()
+            .map(|&i| {
+                let op = &catalog.operations()[i];
+                let (q, _) = self.quota(Some(op));
+                format!(
+                    "operation           {}: {} req/s, burst {}\n",
+                    op.qualified(),
+                    q.rate,
+                    q.burst
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.concat()
+    }
+}
+
+fn shown(secret: &Option<Secret>) -> &'static str {
+    match secret {
+        Some(_) => "***",
+        None => "(not set)",
     }
 }
 
@@ -562,10 +845,13 @@ refresh_token = "Atzr|file-refresh"
 
     #[test]
     fn missing_credentials_name_the_key_and_suggest_demo() {
-        let err = parse("").unwrap_err();
+        let err = parse("").unwrap().require_credentials().unwrap_err();
         assert!(matches!(&err, ConfigError::Missing { key, .. } if key == "credentials.client_id"));
         assert!(err.to_string().contains("spapi-proxy demo"), "{err}");
-        let err = parse("[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"").unwrap_err();
+        let err = parse("[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"")
+            .unwrap()
+            .require_credentials()
+            .unwrap_err();
         assert!(
             err.to_string().contains("credentials.refresh_token"),
             "{err}"
@@ -591,9 +877,76 @@ refresh_token = "Atzr|file-refresh"
             "https://sandbox.sellingpartnerapi-eu.amazon.com/"
         );
         assert_eq!(c.listen.to_string(), "0.0.0.0:9999");
-        assert_eq!(c.credentials.client_secret.expose(), "env-secret");
-        assert_eq!(c.credentials.refresh_token.expose(), "Atzr|file-refresh");
+        assert_eq!(c.credentials.client_secret.unwrap().expose(), "env-secret");
+        assert_eq!(
+            c.credentials.refresh_token.unwrap().expose(),
+            "Atzr|file-refresh"
+        );
         assert_eq!(c.token_url.as_str(), "http://127.0.0.1:9/auth/o2/token");
+    }
+
+    #[test]
+    fn unknown_operation_names_get_a_suggestion() {
+        let err = parse("[operations.getOrdres]\nrate = 1.0").unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean `getOrders`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn quota_resolution_table() {
+        let c = parse(
+            "default_rate = 0.5\ndefault_burst = 3\n\
+             [operations.getOrders]\nrate = 0.5\nburst = 30\n\
+             [operations.ordersV0.getOrder]\nburst = 10\n\
+             [operations.getOrder]\nrate = 0.1\n",
+        )
+        .unwrap();
+        let cat = Catalog::builtin();
+        let op = |api: &str, id: &str| cat.by_qualified(api, id);
+        let cases = [
+            (
+                "override both",
+                op("ordersV0", "getOrders"),
+                0.5,
+                30,
+                QuotaSource::Config,
+            ),
+            (
+                "bare name hits every API",
+                op("vendorDirectFulfillmentOrdersV1", "getOrders"),
+                0.5,
+                30,
+                QuotaSource::Config,
+            ),
+            (
+                "qualified fields win over bare",
+                op("ordersV0", "getOrder"),
+                0.1,
+                10,
+                QuotaSource::Config,
+            ),
+            (
+                "published",
+                op("catalogItems_2022-04-01", "getCatalogItem"),
+                2.0,
+                2,
+                QuotaSource::Catalog,
+            ),
+            (
+                "no published plan",
+                op("sellerWallet_2024-03-01", "listAccounts"),
+                0.5,
+                3,
+                QuotaSource::Default,
+            ),
+            ("unknown request", None, 0.5, 3, QuotaSource::Default),
+        ];
+        for (name, op, rate, burst, source) in cases {
+            let (q, s) = c.quota(op);
+            assert_eq!((q.rate, q.burst, s), (rate, burst, source), "{name}");
+        }
     }
 
     #[test]
@@ -607,8 +960,8 @@ refresh_token = "Atzr|file-refresh"
             ],
         )
         .unwrap();
-        assert_eq!(c.credentials.client_id, "app");
-        assert_eq!(c.credentials.client_secret.expose(), "sec");
+        assert_eq!(c.credentials.client_id.as_deref(), Some("app"));
+        assert_eq!(c.credentials.client_secret.unwrap().expose(), "sec");
         // SPAPI_* wins when both are set.
         let c = parse_with(
             "",
@@ -620,7 +973,7 @@ refresh_token = "Atzr|file-refresh"
             ],
         )
         .unwrap();
-        assert_eq!(c.credentials.client_id, "spapi-app");
+        assert_eq!(c.credentials.client_id.as_deref(), Some("spapi-app"));
     }
 
     #[test]
@@ -708,15 +1061,25 @@ refresh_token = "Atzr|file-refresh"
             .collect();
         let c = parse(&text).unwrap();
         assert_eq!(
-            c.credentials.client_id,
-            "amzn1.application-oa2-client.0123456789abcdef"
+            c.credentials.client_id.as_deref(),
+            Some("amzn1.application-oa2-client.0123456789abcdef")
         );
         assert!(text.contains("endpoint = "));
+        let op = crate::operations::Catalog::builtin()
+            .by_qualified("ordersV0", "getOrder")
+            .unwrap();
+        assert_eq!(
+            c.operations[&op.index].data_elements.as_deref(),
+            Some(&["buyerInfo".to_string(), "shippingAddress".to_string()][..])
+        );
     }
 
-    /// `# key = value` -> `key = value`; prose comments stay comments.
+    /// `# key = value` -> `key = value`, `# [table]` -> `[table]`; prose comments stay.
     fn regex_lite_commented_key(line: &str) -> Option<&str> {
         let rest = line.strip_prefix("# ")?;
+        if rest.starts_with("[") && rest.trim_end().ends_with(']') {
+            return Some(rest);
+        }
         let (key, _) = rest.split_once(" = ")?;
         key.chars()
             .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')

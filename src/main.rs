@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use spapi_proxy::config::{Config, ConfigError};
 use spapi_proxy::proxy::Proxy;
-use spapi_proxy::{server, sim};
+use spapi_proxy::{explain, server, sim};
 use tokio::net::TcpListener;
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.
@@ -40,6 +40,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the SP-API operation catalog (operationId, api, version, method, path, rate, burst, auth).
+    Operations {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what the proxy would do with a request: operation, rate limit, token, upstream URL.
+    Explain {
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Path and optional query, e.g. /orders/v0/orders/902-3159896-1390916/address.
+        path: String,
+        /// Configuration file (default: ./proxy.toml if present); credentials are not needed.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -67,6 +83,12 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Demo { listen }) => runtime.block_on(demo(listen)),
         Some(Command::Check { config }) => check(config.as_deref()),
+        Some(Command::Operations { json }) => operations(json),
+        Some(Command::Explain {
+            method,
+            path,
+            config,
+        }) => explain(&method, &path, config.as_deref()),
     }
 }
 
@@ -92,8 +114,43 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EX_USAGE)
 }
 
+/// Writes to stdout; a closed pipe (`spapi-proxy operations | head`) is not an error.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn operations(as_json: bool) -> ExitCode {
+    let catalog = spapi_proxy::operations::Catalog::builtin();
+    if as_json {
+        print_out(&format!("{:#}\n", explain::operations_json(catalog)))
+    } else {
+        print_out(&explain::operations_table(catalog))
+    }
+}
+
+fn explain(method: &str, path: &str, config: Option<&Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match explain::explain(&config, method, path) {
+        Ok(text) => print_out(&text),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
 fn check(path: Option<&Path>) -> ExitCode {
-    match load_config(path) {
+    match load_config(path).and_then(|c| c.require_credentials().map(|()| c)) {
         Ok(config) => {
             print!("{}", config.describe());
             println!("configuration OK");
@@ -117,10 +174,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 async fn run(config: Config) -> ExitCode {
     let proxy = match Proxy::new(&config) {
         Ok(p) => Arc::new(p),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return config_error(&e),
     };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -164,10 +218,7 @@ async fn demo(listen: SocketAddr) -> ExitCode {
     };
     let proxy = match Proxy::new(&config) {
         Ok(p) => Arc::new(p),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return config_error(&e),
     };
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,

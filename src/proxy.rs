@@ -9,9 +9,10 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::auth::Auth;
 use crate::body::{full, ProxyBody};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder};
+use crate::operations::{Catalog, Operation};
 use crate::secret::Secret;
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
@@ -20,10 +21,18 @@ const MAX_INSPECTED_403: usize = 64 * 1024;
 /// The proxy: everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct Proxy {
+    catalog: &'static Catalog,
     auth: Auth,
     forwarder: Forwarder,
     replay_buffer_bytes: u64,
+    unknown_operations: UnknownOperations,
+    /// Paths already logged as unknown, so each is logged once (bounded: a scanner must not
+    /// grow it without end).
+    unknown_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// How many distinct unknown paths are remembered for log-once.
+const UNKNOWN_PATHS_REMEMBERED: usize = 10_000;
 
 /// A request body: held in memory when small enough to replay, otherwise streamed once.
 enum RequestBody {
@@ -43,13 +52,18 @@ enum Upstream {
 
 impl Proxy {
     /// Builds the proxy from validated config. Nothing is fetched until the first request.
-    pub fn new(config: &Config) -> Result<Proxy, ProxyError> {
-        let http = forward::http_client(config)
-            .map_err(|e| ProxyError::Internal(format!("cannot build the HTTP client: {e}")))?;
+    pub fn new(config: &Config) -> Result<Proxy, ConfigError> {
+        let http = forward::http_client(config).map_err(|e| ConfigError::Invalid {
+            key: "(http client)".into(),
+            problem: format!("cannot build the HTTP client: {e}"),
+        })?;
         Ok(Proxy {
-            auth: Auth::new(config, http.clone()),
+            catalog: Catalog::builtin(),
+            auth: Auth::new(config, http.clone())?,
             forwarder: Forwarder::new(http, &config.endpoint, config.timeouts.response),
             replay_buffer_bytes: config.replay_buffer_bytes,
+            unknown_operations: config.unknown_operations,
+            unknown_seen: Default::default(),
         })
     }
 
@@ -58,10 +72,16 @@ impl Proxy {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let result = if path.starts_with("/_proxy/") {
+        let own = path.starts_with("/_proxy/");
+        let op = if own {
+            None
+        } else {
+            self.catalog.find(&method, &path)
+        };
+        let result = if own {
             self.own_endpoint(&method, &path).await
         } else {
-            self.proxy(req).await
+            self.proxy(req, op).await
         };
         let response = match result {
             Ok(r) => r,
@@ -77,6 +97,7 @@ impl Proxy {
         tracing::info!(
             %method,
             %path,
+            op = op.map_or("-", |o| o.id.as_str()),
             status = response.status().as_u16(),
             latency_ms = started.elapsed().as_millis() as u64,
             request_id = response
@@ -89,7 +110,15 @@ impl Proxy {
         response
     }
 
-    async fn proxy(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        op: Option<&Operation>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // 0. Unknown requests: refuse, or forward under the shared default limit.
+        if op.is_none() {
+            self.unknown_request(req.method(), req.uri().path())?;
+        }
         let (parts, body) = req.into_parts();
         let path_and_query = parts
             .uri
@@ -135,6 +164,21 @@ impl Proxy {
 
         // 5. Amazon's answer goes back untouched, minus hop-by-hop headers.
         Ok(upstream.into_response())
+    }
+
+    fn unknown_request(&self, method: &Method, path: &str) -> Result<(), ProxyError> {
+        if self.unknown_operations == UnknownOperations::Reject {
+            return Err(ProxyError::NoRoute {
+                method: method.to_string(),
+                path: path.to_string(),
+            });
+        }
+        let key = format!("{method} {path}");
+        let mut seen = self.unknown_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < UNKNOWN_PATHS_REMEMBERED && seen.insert(key) {
+            tracing::warn!(%method, %path, "no SP-API operation matches; forwarding with the LWA token under the shared default limit (logged once per path)");
+        }
+        Ok(())
     }
 
     async fn send(

@@ -180,3 +180,68 @@ async fn no_secret_appears_in_trace_logs() {
         );
     }
 }
+
+#[test]
+fn explain_names_the_operation_and_its_rdt() {
+    let dir = scratch_dir("explain");
+    let out = command(&dir)
+        .args([
+            "explain",
+            "GET",
+            "/orders/v0/orders/902-3159896-1390916/address",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("getOrderAddress"), "{stdout}");
+    assert!(
+        stdout.contains("Restricted Data Token for GET /orders/v0/orders/{orderId}/address"),
+        "{stdout}"
+    );
+
+    let out = command(&dir)
+        .args(["explain", "GET", "/no/such/api?x=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("unknown"), "{stdout}");
+    assert!(
+        stdout.contains("forwarded with the seller's LWA token"),
+        "{stdout}"
+    );
+
+    let out = command(&dir)
+        .args(["explain", "GET", "no-slash"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn operations_lists_the_whole_catalog() {
+    let dir = scratch_dir("operations");
+    let out = command(&dir).arg("operations").output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 371, "header plus 370 operations");
+    assert!(table
+        .lines()
+        .any(|l| l.starts_with("getOrders ") && l.contains("0.0167")));
+
+    let out = command(&dir)
+        .args(["operations", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = json.as_array().unwrap();
+    assert_eq!(ops.len(), 370);
+    let address = ops
+        .iter()
+        .find(|o| o["operationId"] == "getOrderAddress")
+        .unwrap();
+    assert_eq!(address["auth"], "rdt");
+    assert_eq!(address["genericPath"], true);
+}

@@ -161,3 +161,30 @@ async fn own_endpoints() {
         "own endpoints never reach Amazon"
     );
 }
+
+#[tokio::test]
+async fn unknown_operations_are_forwarded_or_rejected_as_configured() {
+    let h = Harness::start().await;
+    let resp = h.get("/no/such/api?x=1").await;
+    assert_eq!(resp.status(), 404, "forwarded: the simulator's own 404");
+    assert!(resp.headers().get("x-spapi-proxy-error").is_none());
+    assert_eq!(h.sim.requests().len(), 1);
+
+    let h = Harness::with_config("unknown_operations = \"reject\"").await;
+    let resp = h.get("/no/such/api?x=1").await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-spapi-proxy-error"], "unknown_operation");
+    let body = json(resp).await;
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/api"));
+    assert!(h.sim.requests().is_empty(), "nothing reached Amazon");
+    // Known operations still pass.
+    assert_eq!(
+        h.get("/sellers/v1/marketplaceParticipations")
+            .await
+            .status(),
+        200
+    );
+}
