@@ -13,6 +13,27 @@ use crate::secret::Secret;
 
 /// The LWA token endpoint Amazon documents for every region.
 pub const DEFAULT_TOKEN_URL: &str = "https://api.amazon.com/auth/o2/token";
+/// Report types whose documents hold personal data and need an RDT (Tokens API use-case
+/// guide, 2021); `restricted_report_types` replaces the list.
+pub const RESTRICTED_REPORT_TYPES: [&str; 16] = [
+    "GET_AMAZON_FULFILLED_SHIPMENTS_DATA_INVOICING",
+    "GET_AMAZON_FULFILLED_SHIPMENTS_DATA_TAX",
+    "GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING",
+    "GET_FLAT_FILE_ORDER_REPORT_DATA_SHIPPING",
+    "GET_FLAT_FILE_ORDER_REPORT_DATA_INVOICING",
+    "GET_FLAT_FILE_ORDER_REPORT_DATA_TAX",
+    "GET_FLAT_FILE_ORDERS_RECONCILIATION_DATA_TAX",
+    "GET_FLAT_FILE_ORDERS_RECONCILIATION_DATA_INVOICING",
+    "GET_FLAT_FILE_ORDERS_RECONCILIATION_DATA_SHIPPING",
+    "GET_ORDER_REPORT_DATA_INVOICING",
+    "GET_ORDER_REPORT_DATA_TAX",
+    "GET_ORDER_REPORT_DATA_SHIPPING",
+    "GET_EASYSHIP_DOCUMENTS",
+    "GET_GST_MTR_B2B_CUSTOM",
+    "GET_VAT_TRANSACTION_DATA",
+    "SC_VAT_TAX_REPORT",
+];
+
 /// The listen address when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -126,6 +147,9 @@ struct RawConfig {
     token_retries: Option<u32>,
     replay_buffer_bytes: Option<u64>,
     unknown_operations: Option<String>,
+    rdt_endpoint: Option<String>,
+    target_application: Option<String>,
+    restricted_report_types: Option<Vec<String>>,
     default_rate: Option<f64>,
     default_burst: Option<u32>,
     operations: Option<toml::Table>,
@@ -283,6 +307,13 @@ pub struct Config {
     pub replay_buffer_bytes: u64,
     /// What to do with requests for no known operation.
     pub unknown_operations: UnknownOperations,
+    /// Where Restricted Data Tokens are minted: the endpoint itself, except in the sandbox,
+    /// whose restricted calls need an RDT minted in production.
+    pub rdt_endpoint: Url,
+    /// `targetApplication` for RDTs minted on behalf of another app (delegation).
+    pub target_application: Option<String>,
+    /// Report types whose documents need an RDT.
+    pub restricted_report_types: Vec<String>,
     /// The quota of operations without a published plan, and of all unknown requests together.
     pub default_quota: Quota,
     /// Per-operation settings, by catalog index.
@@ -597,6 +628,39 @@ impl Config {
                 ))
             }
         };
+        let rdt_endpoint = match env_first(env, &["SPAPI_RDT_ENDPOINT"]) {
+            Some((k, v)) => parse_url(k, &v)?,
+            None => match raw.rdt_endpoint.as_deref() {
+                Some(e) => parse_url("rdt_endpoint", e)?,
+                // The sandbox answers restricted calls only with an RDT minted in production.
+                None if sandbox => parse_url("rdt_endpoint", region.endpoint(false))?,
+                None => endpoint.clone(),
+            },
+        };
+        let target_application = raw
+            .target_application
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let restricted_report_types = match raw.restricted_report_types {
+            None => RESTRICTED_REPORT_TYPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Some(types) => {
+                if let Some(bad) = types.iter().find(|t| {
+                    t.is_empty()
+                        || !t
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                }) {
+                    return Err(invalid(
+                        "restricted_report_types",
+                        format!("`{bad}` is not a report type like GET_FLAT_FILE_ORDER_REPORT_DATA_SHIPPING"),
+                    ));
+                }
+                types
+            }
+        };
         let default_quota = Quota {
             rate: positive_rate("default_rate", raw.default_rate.unwrap_or(1.0))?,
             burst: positive_burst("default_burst", raw.default_burst.unwrap_or(5))?,
@@ -614,12 +678,16 @@ impl Config {
             token_retries,
             replay_buffer_bytes,
             unknown_operations,
+            rdt_endpoint,
+            target_application,
+            restricted_report_types,
             default_quota,
             operations,
         })
     }
 
-    /// Fails unless the app's credentials and a refresh token are configured.
+    /// Fails unless the app's client id and secret are configured. A refresh token is optional:
+    /// without one, only grantless operations can be served.
     pub fn require_credentials(&self) -> Result<(), ConfigError> {
         let hint = |var: &str, alt: &str| {
             format!(
@@ -638,12 +706,6 @@ impl Config {
             return Err(ConfigError::Missing {
                 key: "credentials.client_secret".into(),
                 hint: hint("SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"),
-            });
-        }
-        if c.refresh_token.is_none() {
-            return Err(ConfigError::Missing {
-                key: "credentials.refresh_token".into(),
-                hint: hint("SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"),
             });
         }
         Ok(())
@@ -678,6 +740,8 @@ impl Config {
             "listen              {}\n\
              region              {}{}\n\
              endpoint            {}\n\
+             rdt_endpoint        {}\n\
+             target_application  {}\n\
              token_url           {}\n\
              client_id           {}\n\
              client_secret       {}\n\
@@ -691,10 +755,15 @@ impl Config {
             self.region.name(),
             if self.sandbox { " (sandbox)" } else { "" },
             self.endpoint.as_str().trim_end_matches('/'),
+            self.rdt_endpoint.as_str().trim_end_matches('/'),
+            self.target_application.as_deref().unwrap_or("(none)"),
             self.token_url,
             self.credentials.client_id.as_deref().unwrap_or("(not set)"),
             shown(&self.credentials.client_secret),
-            shown(&self.credentials.refresh_token),
+            match &self.credentials.refresh_token {
+                Some(_) => "***",
+                None => "(not set: only grantless operations can be served)",
+            },
             t.connect,
             t.response,
             t.idle,
@@ -848,14 +917,18 @@ refresh_token = "Atzr|file-refresh"
         let err = parse("").unwrap().require_credentials().unwrap_err();
         assert!(matches!(&err, ConfigError::Missing { key, .. } if key == "credentials.client_id"));
         assert!(err.to_string().contains("spapi-proxy demo"), "{err}");
-        let err = parse("[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"")
+        let err = parse("[credentials]\nclient_id = \"a\"")
             .unwrap()
             .require_credentials()
             .unwrap_err();
         assert!(
-            err.to_string().contains("credentials.refresh_token"),
+            err.to_string().contains("credentials.client_secret"),
             "{err}"
         );
+        // Without a refresh token the proxy serves grantless operations only.
+        let c = parse("[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"").unwrap();
+        assert!(c.require_credentials().is_ok());
+        assert!(c.describe().contains("only grantless"));
     }
 
     #[test]
@@ -988,6 +1061,37 @@ refresh_token = "Atzr|file-refresh"
         for (var, value) in cases {
             let got = err_key(parse_with(CREDS, &[(var, value)]));
             assert_eq!(&got, var);
+        }
+    }
+
+    #[test]
+    fn rdt_endpoint_table() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (
+                "production",
+                &[],
+                "https://sellingpartnerapi-na.amazon.com/",
+            ),
+            (
+                "sandbox mints in production",
+                &[("SPAPI_SANDBOX", "true"), ("SPAPI_REGION", "fe")],
+                "https://sellingpartnerapi-fe.amazon.com/",
+            ),
+            (
+                "endpoint override",
+                &[("SPAPI_ENDPOINT", "http://127.0.0.1:9000")],
+                "http://127.0.0.1:9000/",
+            ),
+            (
+                "explicit",
+                &[("SPAPI_RDT_ENDPOINT", "http://127.0.0.1:9001")],
+                "http://127.0.0.1:9001/",
+            ),
+        ];
+        for (name, env, want) in cases {
+            let c = parse_with(CREDS, env).unwrap();
+            assert_eq!(c.rdt_endpoint.as_str(), *want, "{name}");
         }
     }
 

@@ -12,7 +12,7 @@ pub const PROXY_ERROR_HEADER: &str = "x-spapi-proxy-error";
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     /// The token service answered and said no (`invalid_grant`, `invalid_client`, ...).
-    #[error("the token service refused: {code}: {description}")]
+    #[error("{service} refused: {code}: {description}")]
     Refused {
         /// Which service refused: `lwa` or `rdt`.
         service: &'static str,
@@ -95,6 +95,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute { .. } => "unknown_operation",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Token(TokenError::Refused { service: "rdt", .. }) => "rdt_refused",
             ProxyError::Token(TokenError::Refused { .. }) => "token_refused",
             ProxyError::Token(TokenError::Unavailable(_)) => "token_unavailable",
             ProxyError::Token(TokenError::Timeout) => "token_timeout",
@@ -129,6 +130,10 @@ impl ProxyError {
             ProxyError::Token(TokenError::Refused { service: "lwa", .. }) => format!(
                 "{origin} Login with Amazon refused the proxy's credentials; check the client id, \
                  client secret and refresh token."
+            ),
+            ProxyError::Token(TokenError::Refused { service: "rdt", .. }) => format!(
+                "{origin} The Tokens API refused to mint the Restricted Data Token this operation \
+                 needs; the request was not sent without one."
             ),
             ProxyError::RateLimited { .. } => {
                 format!(

@@ -187,6 +187,21 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
         ),
     };
     out.push_str(&format!("token        {token}\n"));
+    if matches!(
+        auth::plan(op, path, None, configured),
+        Ok(TokenPlan::Rdt { .. } | TokenPlan::RdtIfRestrictedReport { .. })
+    ) {
+        out.push_str(&format!(
+            "rdt minted   POST {}{}{}\n",
+            config.rdt_endpoint.as_str().trim_end_matches('/'),
+            auth::rdt::RDT_PATH,
+            if config.sandbox {
+                " (production: the sandbox accepts only RDTs minted there)"
+            } else {
+                ""
+            }
+        ));
+    }
     out.push_str(&format!("upstream     {method} {upstream}\n"));
     Ok(out)
 }
@@ -215,6 +230,9 @@ mod tests {
         );
         assert!(out.contains(
             "upstream     GET https://sellingpartnerapi-na.amazon.com/orders/v0/orders/902-3159896-1390916/address"
+        ));
+        assert!(out.contains(
+            "rdt minted   POST https://sellingpartnerapi-na.amazon.com/tokens/2021-03-01/restrictedDataToken"
         ));
     }
 

@@ -7,16 +7,35 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
-use crate::auth::Auth;
+use crate::auth::{self, Auth};
 use crate::body::{full, ProxyBody};
-use crate::config::{Config, ConfigError, UnknownOperations};
+use crate::config::{Config, ConfigError, OperationSettings, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder};
 use crate::operations::{Catalog, Operation};
 use crate::secret::Secret;
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
-const MAX_INSPECTED_403: usize = 64 * 1024;
+const MAX_INSPECTED_403: u64 = 64 * 1024;
+
+/// getReport/getReports answers up to this size are read to learn report document types.
+const MAX_LEARNED_BODY: u64 = 4 * 1024 * 1024;
+
+/// getReport and getReports name each report's type and document.
+fn lists_report_documents(op: &Operation) -> bool {
+    op.api.starts_with("reports_") && matches!(op.id.as_str(), "getReport" | "getReports")
+}
+
+/// One of the proxy's own `x-spapi-*` request headers, as text.
+fn own_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ProxyError::BadRequest(format!("{name} is not readable text")))
+        })
+        .transpose()
+}
 
 /// The proxy: everything a request needs, shared by all connections.
 #[derive(Debug)]
@@ -26,6 +45,7 @@ pub struct Proxy {
     forwarder: Forwarder,
     replay_buffer_bytes: u64,
     unknown_operations: UnknownOperations,
+    settings: std::collections::HashMap<usize, OperationSettings>,
     /// Paths already logged as unknown, so each is logged once (bounded: a scanner must not
     /// grow it without end).
     unknown_seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -63,6 +83,7 @@ impl Proxy {
             forwarder: Forwarder::new(http, &config.endpoint, config.timeouts.response),
             replay_buffer_bytes: config.replay_buffer_bytes,
             unknown_operations: config.unknown_operations,
+            settings: config.operations.clone(),
             unknown_seen: Default::default(),
         })
     }
@@ -125,44 +146,73 @@ impl Proxy {
             .path_and_query()
             .map(|pq| pq.as_str().to_string())
             .ok_or_else(|| ProxyError::BadRequest("the request has no path".into()))?;
+        let path = parts.uri.path();
 
-        // 1. Hold small bodies so that a request can be replayed once with a fresh token.
+        // 1. Which token: decided before any I/O, so a request we refuse costs no token call.
+        let plan = auth::plan(
+            op,
+            path,
+            own_header(&parts.headers, auth::DATA_ELEMENTS_HEADER)?,
+            op.and_then(|o| self.settings.get(&o.index))
+                .and_then(|s| s.data_elements.as_deref()),
+        )?;
+        let restricted = match own_header(&parts.headers, auth::RESTRICTED_HEADER)? {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
+            Some(v) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "{}: `{v}` is neither true nor false",
+                    auth::RESTRICTED_HEADER
+                )))
+            }
+        };
+
+        // 2. Hold small bodies so that a request can be replayed once with a fresh token.
         let mut body = self.read_body(body, &parts.headers).await?;
 
-        // 2. The token.
-        let token = self.auth.seller_token().await?;
+        // 3. The token: LWA, grantless or RDT, cached.
+        let mut chosen = self.auth.token(&plan, restricted).await?;
 
-        // 3. Forward.
+        // 4. Forward.
         let mut upstream = self
             .send(
                 &parts.method,
                 &path_and_query,
                 &parts.headers,
                 &mut body,
-                &token,
+                &chosen.token,
             )
             .await?;
 
-        // 4. Amazon says the token expired or is invalid: fetch a new one and replay once.
+        // 5. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
         if upstream.status() == StatusCode::FORBIDDEN && body.replayable() {
-            upstream = upstream.read_whole().await?;
+            upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
             if upstream.says_token_rejected() {
-                tracing::info!(path = %parts.uri.path(), "Amazon rejected the access token; refreshing and replaying once");
-                self.auth.reject_seller_token(&token);
-                let token = self.auth.seller_token().await?;
+                tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
+                self.auth.reject(&chosen);
+                chosen = self.auth.token(&plan, restricted).await?;
                 upstream = self
                     .send(
                         &parts.method,
                         &path_and_query,
                         &parts.headers,
                         &mut body,
-                        &token,
+                        &chosen.token,
                     )
                     .await?;
             }
         }
 
-        // 5. Amazon's answer goes back untouched, minus hop-by-hop headers.
+        // 6. getReport/getReports answers say which report documents are restricted.
+        if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
+            upstream = upstream.read_whole(MAX_LEARNED_BODY).await?;
+            if let Upstream::Read { body, .. } = &upstream {
+                self.auth.learn_reports(body);
+            }
+        }
+
+        // 7. Amazon's answer goes back untouched, minus hop-by-hop headers.
         Ok(upstream.into_response())
     }
 
@@ -230,7 +280,7 @@ impl Proxy {
                 StatusCode::OK,
                 serde_json::json!({"status": "ok"}),
             )),
-            (&Method::GET, "/_proxy/ready") => match self.auth.seller_token().await {
+            (&Method::GET, "/_proxy/ready") => match self.auth.ready().await {
                 Ok(_) => Ok(json_response(
                     StatusCode::OK,
                     serde_json::json!({"status": "ready"}),
@@ -272,15 +322,14 @@ impl Upstream {
         }
     }
 
-    async fn read_whole(self) -> Result<Upstream, ProxyError> {
+    /// Reads the body into memory if its announced length is at most `limit`; a body of
+    /// unknown or larger length keeps streaming untouched.
+    async fn read_whole(self, limit: u64) -> Result<Upstream, ProxyError> {
         match self {
             Upstream::Streaming(resp) => {
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                if resp
-                    .content_length()
-                    .is_some_and(|n| n > MAX_INSPECTED_403 as u64)
-                {
+                if resp.content_length().is_none_or(|n| n > limit) {
                     return Ok(Upstream::Streaming(resp));
                 }
                 let body = resp.bytes().await.map_err(|e| {
@@ -296,20 +345,13 @@ impl Upstream {
         }
     }
 
-    /// SP-API's answer to an expired or unknown access token: 403 `Unauthorized` whose message
-    /// says the security token is expired or invalid. A 403 for a missing role says
-    /// "Access to requested resource is denied" and must not trigger a refresh.
     fn says_token_rejected(&self) -> bool {
-        let Upstream::Read { status, body, .. } = self else {
-            return false;
-        };
-        if *status != StatusCode::FORBIDDEN {
-            return false;
+        match self {
+            Upstream::Read { status, body, .. } if *status == StatusCode::FORBIDDEN => {
+                auth::says_token_rejected(&String::from_utf8_lossy(body))
+            }
+            _ => false,
         }
-        let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-        text.contains("unauthorized")
-            && (text.contains("token included in the request is expired")
-                || text.contains("token included in the request is invalid"))
     }
 
     fn into_response(self) -> Response<ProxyBody> {

@@ -70,16 +70,44 @@ impl Recorded {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One entry of an RDT's `restrictedResources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Method.
+    pub method: String,
+    /// Generic template or specific path.
+    pub path: String,
+    /// dataElements granted.
+    pub data_elements: Vec<String>,
+}
+
+impl Resource {
+    /// Whether this resource covers a request: same method, and the same path or a template
+    /// whose `{param}` segments stand for the request's ids.
+    fn covers(&self, method: &Method, path: &str) -> bool {
+        if self.method != method.as_str() {
+            return false;
+        }
+        let want: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        let got: Vec<&str> = path.trim_matches('/').split('/').collect();
+        want.len() == got.len()
+            && want
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| w == g || (w.starts_with('{') && w.ends_with('}')))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TokenKind {
     Seller,
-    Grantless,
+    Grantless { scope: String },
+    Rdt { resources: Vec<Resource> },
 }
 
 #[derive(Debug)]
 struct IssuedToken {
     expires_at: Instant,
-    #[allow(dead_code, reason = "grantless and restricted operations check it")]
     kind: TokenKind,
 }
 
@@ -93,6 +121,7 @@ struct Settings {
     lwa_latency: Duration,
     upstream_fault: Option<(u16, usize)>,
     upstream_latency: Duration,
+    rdt_refusal: Option<(u16, String, String)>,
 }
 
 #[derive(Debug)]
@@ -101,6 +130,8 @@ struct State {
     tokens: Mutex<HashMap<String, IssuedToken>>,
     requests: Mutex<Vec<Recorded>>,
     lwa_calls: AtomicU64,
+    client_credentials_scopes: Mutex<Vec<String>>,
+    mints: Mutex<Vec<Resource>>,
     token_rejections: AtomicU64,
     counter: AtomicU64,
 }
@@ -144,10 +175,13 @@ impl Simulator {
                 lwa_latency: Duration::ZERO,
                 upstream_fault: None,
                 upstream_latency: Duration::ZERO,
+                rdt_refusal: None,
             }),
             tokens: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             lwa_calls: AtomicU64::new(0),
+            client_credentials_scopes: Mutex::new(Vec::new()),
+            mints: Mutex::new(Vec::new()),
             token_rejections: AtomicU64::new(0),
             counter: AtomicU64::new(0),
         });
@@ -211,6 +245,32 @@ impl Simulator {
     /// Delays every SP-API answer.
     pub fn set_upstream_latency(&self, latency: Duration) {
         lock(&self.state.settings).upstream_latency = latency;
+    }
+
+    /// The Tokens API refuses every mint with this status, code and message (`None`: mints work).
+    pub fn set_rdt_refusal(&self, refusal: Option<(u16, &str, &str)>) {
+        lock(&self.state.settings).rdt_refusal =
+            refusal.map(|(s, c, m)| (s, c.to_string(), m.to_string()));
+    }
+
+    /// Every RDT issued so far expires now; LWA tokens stay valid.
+    pub fn expire_rdts(&self) {
+        let now = Instant::now();
+        for t in lock(&self.state.tokens).values_mut() {
+            if matches!(t.kind, TokenKind::Rdt { .. }) {
+                t.expires_at = now;
+            }
+        }
+    }
+
+    /// Every restricted resource an RDT was minted for, in order.
+    pub fn rdt_mints(&self) -> Vec<Resource> {
+        lock(&self.state.mints).clone()
+    }
+
+    /// The scope of every client_credentials grant LWA answered, in order.
+    pub fn client_credentials_scopes(&self) -> Vec<String> {
+        lock(&self.state.client_credentials_scopes).clone()
     }
 
     /// Every token issued so far expires now, as if an hour had passed.
@@ -334,7 +394,19 @@ async fn lwa(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
                 "The request has an invalid grant parameter : refresh_token",
             )
         }
-        "client_credentials" if !field("scope").is_empty() => TokenKind::Grantless,
+        "client_credentials" if form.contains_key("refresh_token") => {
+            return lwa_error(
+                400,
+                "invalid_request",
+                "send refresh_token or scope, not both",
+            )
+        }
+        "client_credentials" if !field("scope").is_empty() => {
+            lock(&state.client_credentials_scopes).push(field("scope").to_string());
+            TokenKind::Grantless {
+                scope: field("scope").to_string(),
+            }
+        }
         "client_credentials" => return lwa_error(400, "invalid_scope", "scope is required"),
         _ => return lwa_error(400, "unsupported_grant_type", "unknown grant_type"),
     };
@@ -377,8 +449,8 @@ fn valid_amz_date(v: &str) -> bool {
 /// SP-API's refusal: status, code, message.
 type Refusal = (u16, &'static str, &'static str);
 
-/// Checks the headers SP-API checks.
-fn check_request(state: &State, headers: &HeaderMap) -> Result<(), Refusal> {
+/// Checks the headers SP-API checks; returns what the token is.
+fn check_request(state: &State, headers: &HeaderMap) -> Result<TokenKind, Refusal> {
     let denied = |message: &'static str| {
         state.token_rejections.fetch_add(1, Ordering::SeqCst);
         Err((403, "Unauthorized", message))
@@ -389,13 +461,13 @@ fn check_request(state: &State, headers: &HeaderMap) -> Result<(), Refusal> {
         [one] => one.to_str().unwrap_or(""),
         _ => return denied("The security token included in the request is invalid."),
     };
-    match lock(&state.tokens).get(token) {
+    let kind = match lock(&state.tokens).get(token) {
         None => return denied("The security token included in the request is invalid."),
         Some(t) if Instant::now() >= t.expires_at => {
             return denied("The security token included in the request is expired")
         }
-        Some(_) => {}
-    }
+        Some(t) => t.kind.clone(),
+    };
     let date_ok = headers
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
@@ -414,7 +486,7 @@ fn check_request(state: &State, headers: &HeaderMap) -> Result<(), Refusal> {
             "A single user-agent header is required.",
         ));
     }
-    Ok(())
+    Ok(kind)
 }
 
 async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -451,7 +523,7 @@ async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
         Some(status) => spapi_error(status, "ServiceUnavailable", "Simulated failure."),
         None => match check_request(state, req.headers()) {
             Err((status, code, message)) => spapi_error(status, code, message),
-            Ok(()) => route(req).await,
+            Ok(kind) => route(state, req, &kind).await,
         },
     };
     let n = state.counter.fetch_add(1, Ordering::SeqCst);
@@ -487,23 +559,111 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-async fn route(req: Request<Incoming>) -> Response<ProxyBody> {
+fn denied() -> Response<ProxyBody> {
+    spapi_error(
+        403,
+        "Unauthorized",
+        "Access to requested resource is denied.",
+    )
+}
+
+/// What a restricted operation needs, as Amazon enforces it.
+enum Need {
+    /// Any seller token (LWA or a covering RDT); PII only with an RDT that grants it.
+    SellerToken,
+    /// An RDT covering the request; the LWA token is refused.
+    Rdt,
+    /// An RDT naming exactly this path (restricted report documents).
+    RdtSpecific,
+    /// A grantless token with this scope.
+    Scope(&'static str),
+}
+
+/// Checks the token against what the operation needs: the granted dataElements, or `None`
+/// when Amazon would deny access.
+fn authorize(kind: &TokenKind, need: Need, method: &Method, path: &str) -> Option<Vec<String>> {
+    let covering = |exact: bool| match kind {
+        TokenKind::Rdt { resources } => resources
+            .iter()
+            .find(|r| {
+                if exact {
+                    r.method == method.as_str() && r.path == path
+                } else {
+                    r.covers(method, path)
+                }
+            })
+            .map(|r| r.data_elements.clone()),
+        _ => None,
+    };
+    match (need, kind) {
+        (Need::Scope(scope), TokenKind::Grantless { scope: granted })
+            if granted.split(' ').any(|s| s == scope) =>
+        {
+            Some(Vec::new())
+        }
+        (Need::Scope(_), _) => None,
+        (_, TokenKind::Grantless { .. }) => None,
+        (Need::SellerToken, TokenKind::Seller) => Some(Vec::new()),
+        (Need::SellerToken, _) => covering(false),
+        (Need::Rdt, _) => covering(false),
+        (Need::RdtSpecific, _) => covering(true),
+    }
+}
+
+/// Reports whose id starts with 9 are of a restricted type.
+fn report_type(report_id: &str) -> &'static str {
+    if report_id.starts_with('9') {
+        "GET_FLAT_FILE_ORDER_REPORT_DATA_SHIPPING"
+    } else {
+        "GET_MERCHANT_LISTINGS_ALL_DATA"
+    }
+}
+
+fn report(id: &str) -> Value {
+    json!({
+        "reportId": id,
+        "reportType": report_type(id),
+        "processingStatus": "DONE",
+        "marketplaceIds": ["ATVPDKIKX0DER"],
+        "createdTime": "2026-11-23T10:00:00+00:00",
+        "reportDocumentId": format!("amzn1.spdoc.1.4.na.{id}"),
+    })
+}
+
+async fn route(state: &State, req: Request<Incoming>, kind: &TokenKind) -> Response<ProxyBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    macro_rules! authorize {
+        ($need:expr) => {
+            match authorize(kind, $need, &method, &path) {
+                Some(elements) => elements,
+                None => return denied(),
+            }
+        };
+    }
     match (&method, segments.as_slice()) {
+        (&Method::POST, ["tokens", "2021-03-01", "restrictedDataToken"]) => {
+            if *kind != TokenKind::Seller {
+                return with_rate(denied(), "1.0");
+            }
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            with_rate(mint(state, body.ok().as_deref()), "1.0")
+        }
         (&Method::GET, ["sellers", "v1", "marketplaceParticipations"]) => {
+            authorize!(Need::SellerToken);
             with_rate(json_response(200, marketplace_participations()), "0.016")
         }
         (&Method::GET, ["orders", "v0", "orders"]) => {
+            let elements = authorize!(Need::SellerToken);
             if query_param(&query, "MarketplaceIds").is_none() {
                 return with_rate(
                     spapi_error(400, "InvalidInput", "Missing required 'MarketplaceIds'."),
                     "0.0167",
                 );
             }
-            let orders: Vec<Value> = ORDER_IDS.iter().map(|id| order(id)).collect();
+            let orders: Vec<Value> = ORDER_IDS.iter().map(|id| order(id, &elements)).collect();
             with_rate(
                 json_response(
                     200,
@@ -513,19 +673,69 @@ async fn route(req: Request<Incoming>) -> Response<ProxyBody> {
             )
         }
         (&Method::GET, ["orders", "v0", "orders", id]) => {
-            with_rate(json_response(200, json!({"payload": order(id)})), "0.5")
+            let elements = authorize!(Need::SellerToken);
+            with_rate(
+                json_response(200, json!({"payload": order(id, &elements)})),
+                "0.5",
+            )
         }
-        (&Method::GET, ["orders", "v0", "orders", id, "orderItems"]) => with_rate(
-            json_response(
-                200,
-                json!({"payload": {"AmazonOrderId": id, "OrderItems": [order_item()]}}),
-            ),
-            "0.5",
-        ),
+        (&Method::GET, ["orders", "v0", "orders", id, "orderItems"]) => {
+            let elements = authorize!(Need::SellerToken);
+            with_rate(
+                json_response(
+                    200,
+                    json!({"payload": {"AmazonOrderId": id, "OrderItems": [order_item(&elements)]}}),
+                ),
+                "0.5",
+            )
+        }
+        (&Method::GET, ["orders", "v0", "orders", id, "address"]) => {
+            authorize!(Need::Rdt);
+            with_rate(
+                json_response(
+                    200,
+                    json!({"payload": {"AmazonOrderId": id, "ShippingAddress": shipping_address()}}),
+                ),
+                "0.5",
+            )
+        }
+        (&Method::GET, ["orders", "v0", "orders", id, "buyerInfo"]) => {
+            authorize!(Need::Rdt);
+            with_rate(
+                json_response(200, json!({"payload": buyer_info(id)})),
+                "0.5",
+            )
+        }
+        (&Method::GET, ["orders", "v0", "orders", id, "orderItems", "buyerInfo"]) => {
+            authorize!(Need::Rdt);
+            with_rate(
+                json_response(
+                    200,
+                    json!({"payload": {"AmazonOrderId": id, "OrderItems": [{"OrderItemId": "68828574383266", "GiftMessageText": "Happy birthday, Sam!", "GiftWrapLevel": "Classic"}]}}),
+                ),
+                "0.5",
+            )
+        }
+        (&Method::GET, ["notifications", "v1", "destinations"]) => {
+            authorize!(Need::Scope("sellingpartnerapi::notifications"));
+            with_rate(
+                json_response(
+                    200,
+                    json!({"payload": [{
+                        "name": "orders-queue",
+                        "destinationId": "3acafc7e-121b-1329-8ae8-000000000000",
+                        "resource": {"sqs": {"arn": "arn:aws:sqs:us-east-1:000000000000:orders-queue"}}
+                    }]}),
+                ),
+                "1.0",
+            )
+        }
         (&Method::GET, ["catalog", "2022-04-01", "items", asin]) => {
+            authorize!(Need::SellerToken);
             with_rate(json_response(200, catalog_item(asin)), "2.0")
         }
         (&Method::POST, ["reports", "2021-06-30", "reports"]) => {
+            authorize!(Need::SellerToken);
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
             let spec: Option<Value> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
             match spec.as_ref().and_then(|v| v["reportType"].as_str()) {
@@ -536,20 +746,37 @@ async fn route(req: Request<Incoming>) -> Response<ProxyBody> {
                 ),
             }
         }
-        (&Method::GET, ["reports", "2021-06-30", "reports", id]) => with_rate(
-            json_response(
-                200,
-                json!({
-                    "reportId": id,
-                    "reportType": "GET_MERCHANT_LISTINGS_ALL_DATA",
-                    "processingStatus": "DONE",
-                    "marketplaceIds": ["ATVPDKIKX0DER"],
-                    "createdTime": "2026-11-23T10:00:00+00:00",
-                    "reportDocumentId": format!("amzn1.spdoc.1.4.na.{id}"),
-                }),
-            ),
-            "2.0",
-        ),
+        (&Method::GET, ["reports", "2021-06-30", "reports"]) => {
+            authorize!(Need::SellerToken);
+            with_rate(
+                json_response(200, json!({"reports": [report("50001"), report("90001")]})),
+                "0.0222",
+            )
+        }
+        (&Method::GET, ["reports", "2021-06-30", "reports", id]) => {
+            authorize!(Need::SellerToken);
+            with_rate(json_response(200, report(id)), "2.0")
+        }
+        (&Method::GET, ["reports", "2021-06-30", "documents", doc]) => {
+            let report_id = doc.rsplit('.').next().unwrap_or("");
+            let restricted = report_type(report_id) != "GET_MERCHANT_LISTINGS_ALL_DATA";
+            if restricted {
+                authorize!(Need::RdtSpecific);
+            } else {
+                authorize!(Need::SellerToken);
+            }
+            with_rate(
+                json_response(
+                    200,
+                    json!({
+                        "reportDocumentId": doc,
+                        "url": format!("https://tortuga-prod-na.s3-external-1.amazonaws.com/{doc}"),
+                        "compressionAlgorithm": "GZIP",
+                    }),
+                ),
+                "0.0167",
+            )
+        }
         (&Method::GET, ["_sim", "bytes"]) => {
             let size: u64 = query_param(&query, "size")
                 .and_then(|s| s.parse().ok())
@@ -584,8 +811,98 @@ async fn route(req: Request<Incoming>) -> Response<ProxyBody> {
                 json!({"sha256": hex(&hasher.finalize()), "bytes": total}),
             )
         }
-        _ => spapi_error(404, "NotFound", "Resource not found."),
+        _ => {
+            authorize!(Need::SellerToken);
+            spapi_error(404, "NotFound", "Resource not found.")
+        }
     }
+}
+
+const DATA_ELEMENTS: [&str; 3] = ["buyerInfo", "shippingAddress", "buyerTaxInformation"];
+
+/// The Tokens API: validates `restrictedResources` and issues an RDT covering them.
+fn mint(state: &State, body: Option<&[u8]>) -> Response<ProxyBody> {
+    let (refusal, lifetime) = {
+        let s = lock(&state.settings);
+        (s.rdt_refusal.clone(), s.token_lifetime)
+    };
+    if let Some((status, code, message)) = refusal {
+        return spapi_error(status, &code, &message);
+    }
+    let invalid = |m: &str| spapi_error(400, "InvalidInput", m);
+    let Some(v) = body.and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
+        return invalid("The request body is not JSON.");
+    };
+    let Some(list) = v["restrictedResources"].as_array() else {
+        return invalid("restrictedResources is required.");
+    };
+    if list.is_empty() || list.len() > 50 {
+        return invalid("restrictedResources must hold 1 to 50 entries.");
+    }
+    let mut resources = Vec::new();
+    for r in list {
+        let method = r["method"].as_str().unwrap_or("");
+        let path = r["path"].as_str().unwrap_or("");
+        if !matches!(method, "GET" | "PUT" | "POST" | "DELETE") || !path.starts_with('/') {
+            return invalid(
+                "Each restricted resource needs a method (GET, PUT, POST, DELETE) and a path.",
+            );
+        }
+        let elements: Vec<String> = r["dataElements"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(bad) = elements
+            .iter()
+            .find(|e| !DATA_ELEMENTS.contains(&e.as_str()))
+        {
+            return invalid(&format!("Unknown dataElement {bad}."));
+        }
+        resources.push(Resource {
+            method: method.to_string(),
+            path: path.to_string(),
+            data_elements: elements,
+        });
+    }
+    lock(&state.mints).extend(resources.iter().cloned());
+    let n = state.counter.fetch_add(1, Ordering::SeqCst);
+    let token = format!("Atz.sprdt|sim-{n}-{:x}", pseudo_random(n));
+    lock(&state.tokens).insert(
+        token.clone(),
+        IssuedToken {
+            expires_at: Instant::now() + lifetime,
+            kind: TokenKind::Rdt { resources },
+        },
+    );
+    json_response(
+        200,
+        json!({"restrictedDataToken": token, "expiresIn": lifetime.as_secs()}),
+    )
+}
+
+fn shipping_address() -> Value {
+    json!({
+        "Name": "Sam Rivera",
+        "AddressLine1": "1200 Pine St Apt 4",
+        "City": "SEATTLE",
+        "StateOrRegion": "WA",
+        "PostalCode": "98101",
+        "CountryCode": "US",
+        "Phone": "+1 206-555-0100"
+    })
+}
+
+fn buyer_info(id: &str) -> Value {
+    json!({
+        "AmazonOrderId": id,
+        "BuyerEmail": "sam.rivera@marketplace.amazon.com",
+        "BuyerName": "Sam Rivera",
+        "PurchaseOrderNumber": "PO-7781"
+    })
 }
 
 /// Lowercase hex.
@@ -617,8 +934,9 @@ const ORDER_IDS: [&str; 3] = [
     "701-2299001-8872305",
 ];
 
-fn order(id: &str) -> Value {
-    json!({
+/// An order; PII only for the dataElements an RDT granted.
+fn order(id: &str, elements: &[String]) -> Value {
+    let mut o = json!({
         "AmazonOrderId": id,
         "PurchaseDate": "2026-11-20T18:26:01Z",
         "LastUpdateDate": "2026-11-21T09:14:42Z",
@@ -640,11 +958,19 @@ fn order(id: &str) -> Value {
         "IsPremiumOrder": false,
         "IsReplacementOrder": false,
         "ShippingAddress": {"StateOrRegion": "WA", "PostalCode": "98101", "City": "SEATTLE", "CountryCode": "US"}
-    })
+    });
+    if elements.iter().any(|e| e == "shippingAddress") {
+        o["ShippingAddress"] = shipping_address();
+    }
+    if elements.iter().any(|e| e == "buyerInfo") {
+        o["BuyerInfo"] =
+            json!({"BuyerEmail": "sam.rivera@marketplace.amazon.com", "BuyerName": "Sam Rivera"});
+    }
+    o
 }
 
-fn order_item() -> Value {
-    json!({
+fn order_item(elements: &[String]) -> Value {
+    let mut item = json!({
         "ASIN": "B0C1EXAMPL",
         "SellerSKU": "MUG-BLUE-12OZ",
         "OrderItemId": "68828574383266",
@@ -655,7 +981,12 @@ fn order_item() -> Value {
         "ItemTax": {"CurrencyCode": "USD", "Amount": "2.66"},
         "IsGift": "false",
         "ConditionId": "New"
-    })
+    });
+    if elements.iter().any(|e| e == "buyerInfo") {
+        item["BuyerInfo"] =
+            json!({"GiftMessageText": "Happy birthday, Sam!", "GiftWrapLevel": "Classic"});
+    }
+    item
 }
 
 fn catalog_item(asin: &str) -> Value {

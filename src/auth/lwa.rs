@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use reqwest::Url;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -215,9 +216,13 @@ struct State {
     last_error: Option<TokenError>,
 }
 
+/// Fetches a fresh token: an LWA grant, or an RDT mint.
+pub type Fetch = Arc<dyn Fn() -> BoxFuture<'static, Result<FreshToken, TokenError>> + Send + Sync>;
+
 struct Inner {
-    client: Arc<LwaClient>,
-    grant: Grant,
+    /// What the token is for, for logs (never a secret).
+    label: String,
+    fetch: Fetch,
     /// A std mutex: it is held only to read or swap the cached token, never across an await.
     state: Mutex<State>,
     /// A tokio mutex, held across the LWA call: whoever holds it is the one fetching, which
@@ -226,7 +231,7 @@ struct Inner {
     background: AtomicBool,
 }
 
-/// One cached access token for one grant.
+/// One cached token (an LWA grant's, or one RDT's), refreshed before it expires.
 #[derive(Clone)]
 pub struct TokenCache {
     inner: Arc<Inner>,
@@ -235,18 +240,35 @@ pub struct TokenCache {
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("grant", &self.inner.grant)
+            .field("label", &self.inner.label)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenCache {
-    /// An empty cache; the first `get` fetches.
-    pub fn new(client: Arc<LwaClient>, grant: Grant) -> Self {
+    /// An empty cache for an LWA grant; the first `get` fetches.
+    pub fn lwa(client: Arc<LwaClient>, grant: Grant) -> Self {
+        let label = match &grant {
+            Grant::RefreshToken(_) => "lwa refresh_token".to_string(),
+            Grant::ClientCredentials { scope } => format!("lwa client_credentials {scope}"),
+        };
+        let grant = Arc::new(grant);
+        TokenCache::new(
+            label,
+            Arc::new(move || {
+                let client = Arc::clone(&client);
+                let grant = Arc::clone(&grant);
+                Box::pin(async move { client.fetch(&grant).await })
+            }),
+        )
+    }
+
+    /// An empty cache around any fetch; the first `get` fetches.
+    pub fn new(label: String, fetch: Fetch) -> Self {
         TokenCache {
             inner: Arc::new(Inner {
-                client,
-                grant,
+                label,
+                fetch,
                 state: Mutex::new(State::default()),
                 fetching: tokio::sync::Mutex::new(()),
                 background: AtomicBool::new(false),
@@ -332,7 +354,7 @@ impl TokenCache {
             };
             if due {
                 if let Err(e) = this.fetch_and_store().await {
-                    tracing::warn!(error = %e, "background token refresh failed; the current token stays in use");
+                    tracing::warn!(token = %this.inner.label, error = %e, "background token refresh failed; the current token stays in use");
                 }
             }
             this.inner.background.store(false, Ordering::Release);
@@ -342,13 +364,13 @@ impl TokenCache {
     /// Call only while holding `fetching`.
     async fn fetch_and_store(&self) -> Result<Secret, TokenError> {
         let requested_at = Instant::now();
-        let result = self.inner.client.fetch(&self.inner.grant).await;
+        let result = (self.inner.fetch)().await;
         let mut state = self.lock_state();
         state.generation += 1;
         match result {
             Ok(fresh) => {
                 let s = schedule(fresh.lifetime);
-                tracing::debug!(lifetime = ?fresh.lifetime, "new access token");
+                tracing::debug!(token = %self.inner.label, lifetime = ?fresh.lifetime, "new token");
                 state.current = Some(Cached {
                     token: fresh.token.clone(),
                     refresh_at: requested_at + s.refresh_after,

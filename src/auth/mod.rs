@@ -1,20 +1,67 @@
 //! Token choice: which token a request carries, and where it comes from.
+//!
+//! - [`lwa`]: LWA access tokens and the single-flight [`lwa::TokenCache`] every token uses.
+//! - [`rdt`]: Restricted Data Tokens, cached per restricted resource.
+//! - [`grantless`]: client_credentials tokens, cached per scope.
 
+pub mod grantless;
 pub mod lwa;
+pub mod rdt;
 
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::error::{ProxyError, TokenError};
-use crate::operations::{AuthKind, Operation};
+use crate::operations::{AuthKind, Catalog, Operation};
 use crate::secret::Secret;
 
+use grantless::Grantless;
 use lwa::{Grant, LwaClient, TokenCache};
+use rdt::{Minter, RdtCache, RdtResource, ReportTypes};
+
+/// The scope `/_proxy/ready` checks when there is no refresh token.
+const READY_SCOPE: &str = "sellingpartnerapi::notifications";
+
+/// Header forcing the choice for a report document the proxy has not seen: `true` or `false`.
+pub const RESTRICTED_HEADER: &str = "x-spapi-restricted";
+
+/// Where a token came from, so that it can be dropped if Amazon rejects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The seller's LWA access token.
+    Seller,
+    /// A grantless token for this scope.
+    Grantless(String),
+    /// An RDT for this resource.
+    Rdt(RdtResource),
+}
+
+/// The token a request carries, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The value for `x-amz-access-token`.
+    pub token: Secret,
+    /// Its source.
+    pub source: TokenSource,
+}
 
 /// Every token source the proxy has.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Auth {
-    seller: TokenCache,
+    seller: Option<TokenCache>,
+    grantless: Grantless,
+    rdt: Option<RdtCache>,
+    reports: ReportTypes,
+}
+
+/// SP-API's answer to an expired or unknown token: 403 `Unauthorized` whose message says the
+/// security token is expired or invalid. A 403 for a missing role says "Access to requested
+/// resource is denied" and must not trigger a refresh.
+pub fn says_token_rejected(body: &str) -> bool {
+    let text = body.to_ascii_lowercase();
+    text.contains("unauthorized")
+        && (text.contains("token included in the request is expired")
+            || text.contains("token included in the request is invalid"))
 }
 
 impl Auth {
@@ -22,31 +69,135 @@ impl Auth {
     pub fn new(config: &Config, http: reqwest::Client) -> Result<Self, ConfigError> {
         config.require_credentials()?;
         let c = &config.credentials;
-        let (Some(client_id), Some(secret), Some(refresh)) =
-            (&c.client_id, &c.client_secret, &c.refresh_token)
-        else {
-            unreachable!("require_credentials checked all three");
+        let (Some(client_id), Some(secret)) = (&c.client_id, &c.client_secret) else {
+            unreachable!("require_credentials checked both");
         };
         let client = Arc::new(LwaClient::new(
-            http,
+            http.clone(),
             config.token_url.clone(),
             client_id.clone(),
             secret.clone(),
             config.timeouts.token,
             config.token_retries,
         ));
-        let seller = TokenCache::new(client, Grant::RefreshToken(refresh.clone()));
-        Ok(Auth { seller })
+        let seller = c
+            .refresh_token
+            .as_ref()
+            .map(|rt| TokenCache::lwa(Arc::clone(&client), Grant::RefreshToken(rt.clone())));
+        let mint_op =
+            Catalog::builtin().by_qualified("tokens_2021-03-01", "createRestrictedDataToken");
+        let (mint_quota, _) = config.quota(mint_op);
+        let rdt = seller.as_ref().map(|seller| {
+            RdtCache::new(Minter::new(
+                http,
+                &config.rdt_endpoint,
+                seller.clone(),
+                config.target_application.clone(),
+                config.timeouts.token,
+                mint_quota.rate,
+                mint_quota.burst,
+            ))
+        });
+        Ok(Auth {
+            seller,
+            grantless: Grantless::new(client),
+            rdt,
+            reports: ReportTypes::new(&config.restricted_report_types),
+        })
+    }
+
+    fn no_refresh_token() -> TokenError {
+        TokenError::NotConfigured(
+            "no refresh token is configured, so only grantless operations can be served; \
+             set SPAPI_REFRESH_TOKEN or credentials.refresh_token"
+                .into(),
+        )
     }
 
     /// The seller's LWA access token.
     pub async fn seller_token(&self) -> Result<Secret, TokenError> {
-        self.seller.get().await
+        match &self.seller {
+            Some(s) => s.get().await,
+            None => Err(Self::no_refresh_token()),
+        }
     }
 
-    /// Amazon rejected `used`: forget it so the next request fetches a new one.
-    pub fn reject_seller_token(&self, used: &Secret) {
-        self.seller.invalidate(used);
+    /// The token `plan` calls for. `restricted` is the `x-spapi-restricted` header, if any.
+    pub async fn token(
+        &self,
+        plan: &TokenPlan,
+        restricted: Option<bool>,
+    ) -> Result<Chosen, ProxyError> {
+        let (token, source) = match plan {
+            TokenPlan::Lwa => (self.seller_token().await?, TokenSource::Seller),
+            TokenPlan::Grantless { scope } => (
+                self.grantless.get(scope).await?,
+                TokenSource::Grantless(scope.clone()),
+            ),
+            TokenPlan::Rdt {
+                method,
+                path,
+                data_elements,
+            } => {
+                let resource = RdtResource {
+                    method: method.clone(),
+                    path: path.clone(),
+                    data_elements: data_elements.clone(),
+                };
+                self.rdt_for(resource).await?
+            }
+            TokenPlan::RdtIfRestrictedReport { path } => {
+                let document = path.rsplit('/').next().unwrap_or("");
+                if restricted.or_else(|| self.reports.is_restricted(document)) == Some(true) {
+                    let resource = RdtResource {
+                        method: "GET".into(),
+                        path: path.clone(),
+                        data_elements: Vec::new(),
+                    };
+                    self.rdt_for(resource).await?
+                } else {
+                    (self.seller_token().await?, TokenSource::Seller)
+                }
+            }
+        };
+        Ok(Chosen { token, source })
+    }
+
+    async fn rdt_for(&self, resource: RdtResource) -> Result<(Secret, TokenSource), TokenError> {
+        let rdt = self.rdt.as_ref().ok_or_else(Self::no_refresh_token)?;
+        let token = rdt.get(&resource).await?;
+        Ok((token, TokenSource::Rdt(resource)))
+    }
+
+    /// Amazon rejected `chosen`: forget it so the next request gets a new one.
+    pub fn reject(&self, chosen: &Chosen) {
+        match &chosen.source {
+            TokenSource::Seller => {
+                if let Some(s) = &self.seller {
+                    s.invalidate(&chosen.token);
+                }
+            }
+            TokenSource::Grantless(scope) => self.grantless.invalidate(scope, &chosen.token),
+            TokenSource::Rdt(resource) => {
+                if let Some(rdt) = &self.rdt {
+                    rdt.invalidate(resource, &chosen.token);
+                }
+            }
+        }
+    }
+
+    /// Learns report document types from a getReport or getReports answer.
+    pub fn learn_reports(&self, body: &[u8]) {
+        self.reports.learn(body);
+    }
+
+    /// Whether a token can be had now (for `/_proxy/ready`): the seller's, or without a
+    /// refresh token, a grantless one.
+    pub async fn ready(&self) -> Result<(), TokenError> {
+        match &self.seller {
+            Some(s) => s.get().await.map(|_| ()),
+            None => self.grantless.get(READY_SCOPE).await.map(|_| ()),
+        }
     }
 }
 

@@ -134,16 +134,12 @@ async fn lwa_timeout_is_a_504() {
 #[tokio::test]
 async fn expired_token_403_refreshes_once_and_replays() {
     let h = Harness::start().await;
-    assert_eq!(
-        h.get("/orders/v0/orders/902-3159896-1390916")
-            .await
-            .status(),
-        200
-    );
+    let item = "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER";
+    assert_eq!(h.get(item).await.status(), 200);
     assert_eq!(h.sim.lwa_calls(), 1);
 
     h.sim.expire_all_tokens();
-    let resp = h.get("/orders/v0/orders/902-3159896-1390916").await;
+    let resp = h.get(item).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(h.sim.lwa_calls(), 2);
     let statuses: Vec<u16> = h.sim.requests().iter().map(|r| r.status).collect();

@@ -1,0 +1,50 @@
+//! Grantless tokens: `client_credentials` with a scope, one cached token per scope.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::lwa::{Grant, LwaClient, TokenCache};
+use crate::error::TokenError;
+use crate::secret::Secret;
+
+/// One [`TokenCache`] per scope, created on first use.
+#[derive(Debug)]
+pub struct Grantless {
+    client: Arc<LwaClient>,
+    scopes: Mutex<HashMap<String, TokenCache>>,
+}
+
+impl Grantless {
+    /// No tokens yet.
+    pub fn new(client: Arc<LwaClient>) -> Grantless {
+        Grantless {
+            client,
+            scopes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry(&self, scope: &str) -> TokenCache {
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        scopes
+            .entry(scope.to_string())
+            .or_insert_with(|| {
+                TokenCache::lwa(
+                    Arc::clone(&self.client),
+                    Grant::ClientCredentials {
+                        scope: scope.to_string(),
+                    },
+                )
+            })
+            .clone()
+    }
+
+    /// A token for `scope`, fetched only if none is cached.
+    pub async fn get(&self, scope: &str) -> Result<Secret, TokenError> {
+        self.entry(scope).get().await
+    }
+
+    /// Amazon rejected `used`: forget it.
+    pub fn invalidate(&self, scope: &str, used: &Secret) {
+        self.entry(scope).invalidate(used);
+    }
+}

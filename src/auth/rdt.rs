@@ -1,0 +1,365 @@
+//! Restricted Data Tokens: minting through the Tokens API, one cache entry per restricted resource,
+//! and what the proxy has learnt about which report documents are restricted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota as GovernorQuota};
+use reqwest::Url;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::lwa::{FreshToken, TokenCache};
+use crate::error::TokenError;
+use crate::forward::{self, PROXY_USER_AGENT};
+use crate::secret::Secret;
+
+/// The Tokens API operation that mints RDTs.
+pub const RDT_PATH: &str = "/tokens/2021-03-01/restrictedDataToken";
+
+/// What an RDT is for: one entry of `restrictedResources`. Also the cache key, so two requests
+/// share an RDT exactly when Amazon would give them the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RdtResource {
+    /// GET, PUT, POST or DELETE.
+    pub method: String,
+    /// The generic template or the specific path.
+    pub path: String,
+    /// Sorted, deduplicated.
+    pub data_elements: Vec<String>,
+}
+
+/// Calls the Tokens API with the seller's LWA token.
+pub struct Minter {
+    http: reqwest::Client,
+    url: Url,
+    seller: TokenCache,
+    target_application: Option<String>,
+    timeout: Duration,
+    /// The Tokens API allows 1 request/s, burst 10, per app and seller: mints wait for a slot
+    /// rather than be throttled.
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct RdtResponse {
+    #[serde(rename = "restrictedDataToken")]
+    token: String,
+    #[serde(rename = "expiresIn")]
+    expires_in: Option<u64>,
+}
+
+/// The model says the answer is bare; the 2021 guide wraps it in `payload`. Accept both.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RdtAnswer {
+    Bare(RdtResponse),
+    Wrapped { payload: RdtResponse },
+}
+
+impl Minter {
+    /// A minter posting to `base` + [`RDT_PATH`], limited to `rate`/`burst`.
+    pub fn new(
+        http: reqwest::Client,
+        base: &Url,
+        seller: TokenCache,
+        target_application: Option<String>,
+        timeout: Duration,
+        rate: f64,
+        burst: u32,
+    ) -> Minter {
+        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+        let quota = GovernorQuota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least 1"));
+        Minter {
+            http,
+            url: Url::parse(&format!(
+                "{}{RDT_PATH}",
+                base.as_str().trim_end_matches('/')
+            ))
+            .expect("a valid base URL plus a fixed path"),
+            seller,
+            target_application,
+            timeout,
+            limiter: DefaultDirectRateLimiter::direct(quota),
+        }
+    }
+
+    /// Mints one RDT. If Amazon says the LWA token expired, the LWA token is refreshed and the
+    /// mint tried once more.
+    pub async fn mint(&self, resource: &RdtResource) -> Result<FreshToken, TokenError> {
+        let mut lwa = self.seller.get().await?;
+        for attempt in 0..2 {
+            self.limiter.until_ready().await;
+            match self.mint_once(resource, &lwa).await {
+                Err(MintError::LwaRejected) if attempt == 0 => {
+                    self.seller.invalidate(&lwa);
+                    lwa = self.seller.get().await?;
+                }
+                Err(MintError::LwaRejected) => {
+                    return Err(TokenError::Unavailable(
+                        "the Tokens API rejected a fresh LWA access token".into(),
+                    ))
+                }
+                Err(MintError::Token(e)) => return Err(e),
+                Ok(t) => {
+                    tracing::info!(method = %resource.method, path = %resource.path, data_elements = ?resource.data_elements, "minted a restricted data token");
+                    return Ok(t);
+                }
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn mint_once(
+        &self,
+        resource: &RdtResource,
+        lwa: &Secret,
+    ) -> Result<FreshToken, MintError> {
+        let mut entry = json!({"method": resource.method, "path": resource.path});
+        if !resource.data_elements.is_empty() {
+            entry["dataElements"] = json!(resource.data_elements);
+        }
+        let mut body = json!({"restrictedResources": [entry]});
+        if let Some(app) = &self.target_application {
+            body["targetApplication"] = json!(app);
+        }
+        let mut token = http::HeaderValue::from_str(lwa.expose())
+            .map_err(|_| MintError::Token(TokenError::Unavailable("unusable LWA token".into())))?;
+        token.set_sensitive(true);
+        let request = self
+            .http
+            .post(self.url.clone())
+            .header("x-amz-access-token", token)
+            .header("x-amz-date", forward::amz_date(SystemTime::now()))
+            .header(http::header::USER_AGENT, PROXY_USER_AGENT)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let call = async {
+            let resp = request.send().await?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, bytes))
+        };
+        let (status, bytes) = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => return Err(MintError::Token(TokenError::Timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(MintError::Token(TokenError::Timeout)),
+            Ok(Err(e)) => {
+                return Err(MintError::Token(TokenError::Unavailable(format!(
+                    "Tokens API: {e}"
+                ))))
+            }
+            Ok(Ok(r)) => r,
+        };
+        if status.is_success() {
+            let answer: RdtAnswer = serde_json::from_slice(&bytes).map_err(|e| {
+                MintError::Token(TokenError::Unavailable(format!(
+                    "the Tokens API answered {status} with a body we cannot read: {e}"
+                )))
+            })?;
+            let (RdtAnswer::Bare(r) | RdtAnswer::Wrapped { payload: r }) = answer;
+            return Ok(FreshToken {
+                token: Secret::new(r.token),
+                lifetime: Duration::from_secs(r.expires_in.unwrap_or(3600)),
+            });
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        if status == 403 && super::says_token_rejected(&text) {
+            return Err(MintError::LwaRejected);
+        }
+        let (code, message) = first_error(&bytes).unwrap_or_else(|| {
+            (
+                format!("HTTP{}", status.as_u16()),
+                format!("the Tokens API answered {status}"),
+            )
+        });
+        if status.is_server_error() || status == 429 {
+            return Err(MintError::Token(TokenError::Unavailable(format!(
+                "the Tokens API answered {status}: {code}: {message}"
+            ))));
+        }
+        Err(MintError::Token(TokenError::Refused {
+            service: "rdt",
+            code,
+            description: message,
+        }))
+    }
+}
+
+enum MintError {
+    /// The LWA token used to mint was expired or unknown.
+    LwaRejected,
+    Token(TokenError),
+}
+
+/// `code` and `message` (+ `details`) of the first entry of SP-API's `errors`.
+fn first_error(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("errors")?.get(0)?;
+    let code = e.get("code")?.as_str()?.to_string();
+    let mut message = e
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string();
+    if let Some(d) = e
+        .get("details")
+        .and_then(|d| d.as_str())
+        .filter(|d| !d.is_empty())
+    {
+        message = format!("{message} ({d})");
+    }
+    Some((code, message))
+}
+
+/// Cached RDTs, one [`TokenCache`] (single-flight, refreshed before expiry) per resource.
+#[derive(Debug)]
+pub struct RdtCache {
+    minter: Arc<Minter>,
+    entries: Mutex<HashMap<RdtResource, TokenCache>>,
+}
+
+/// Past this many cached resources (specific paths accumulate), expired entries are dropped.
+const PRUNE_ABOVE: usize = 1_000;
+
+impl RdtCache {
+    /// An empty cache.
+    pub fn new(minter: Minter) -> RdtCache {
+        RdtCache {
+            minter: Arc::new(minter),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry(&self, resource: &RdtResource) -> TokenCache {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = entries.get(resource) {
+            return c.clone();
+        }
+        if entries.len() >= PRUNE_ABOVE {
+            entries.retain(|_, c| c.has_token());
+        }
+        let minter = Arc::clone(&self.minter);
+        let key = Arc::new(resource.clone());
+        let cache = TokenCache::new(
+            format!("rdt {} {}", resource.method, resource.path),
+            Arc::new(move || {
+                let minter = Arc::clone(&minter);
+                let key = Arc::clone(&key);
+                Box::pin(async move { minter.mint(&key).await })
+            }),
+        );
+        entries.insert(resource.clone(), cache.clone());
+        cache
+    }
+
+    /// An RDT for `resource`, minted only if none is cached.
+    pub async fn get(&self, resource: &RdtResource) -> Result<Secret, TokenError> {
+        self.entry(resource).get().await
+    }
+
+    /// Amazon rejected `used` for `resource`: forget it.
+    pub fn invalidate(&self, resource: &RdtResource, used: &Secret) {
+        self.entry(resource).invalidate(used);
+    }
+}
+
+/// Which report documents belong to restricted report types, learnt from getReport/getReports
+/// answers that passed through the proxy (the path of getReportDocument does not say).
+#[derive(Debug)]
+pub struct ReportTypes {
+    restricted: HashSet<String>,
+    documents: Mutex<HashMap<String, bool>>,
+}
+
+/// Bound on remembered documents; the map is cleared when full (documents are short-lived).
+const DOCUMENTS_REMEMBERED: usize = 100_000;
+
+impl ReportTypes {
+    /// Knows nothing yet; `restricted` is the list of restricted report types.
+    pub fn new(restricted: &[String]) -> ReportTypes {
+        ReportTypes {
+            restricted: restricted.iter().cloned().collect(),
+            documents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records every (reportDocumentId, reportType) in a getReport or getReports answer.
+    pub fn learn(&self, body: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return;
+        };
+        let reports: Vec<&serde_json::Value> = match v.get("reports").and_then(|r| r.as_array()) {
+            Some(list) => list.iter().collect(),
+            None => vec![&v],
+        };
+        let mut docs = self.documents.lock().unwrap_or_else(|p| p.into_inner());
+        for r in reports {
+            let (Some(doc), Some(kind)) = (
+                r.get("reportDocumentId").and_then(|d| d.as_str()),
+                r.get("reportType").and_then(|t| t.as_str()),
+            ) else {
+                continue;
+            };
+            if docs.len() >= DOCUMENTS_REMEMBERED {
+                docs.clear();
+            }
+            docs.insert(doc.to_string(), self.restricted.contains(kind));
+        }
+    }
+
+    /// Whether the document is restricted; `None` if the proxy has not seen it.
+    pub fn is_restricted(&self, document_id: &str) -> Option<bool> {
+        let docs = self.documents.lock().unwrap_or_else(|p| p.into_inner());
+        docs.get(document_id).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_from_get_report_and_get_reports() {
+        let types = ReportTypes::new(&["GET_FLAT_FILE_ORDER_REPORT_DATA_SHIPPING".to_string()]);
+        types.learn(br#"{"reportId":"1","reportType":"GET_FLAT_FILE_ORDER_REPORT_DATA_SHIPPING","reportDocumentId":"D1"}"#);
+        types.learn(br#"{"reports":[{"reportType":"GET_MERCHANT_LISTINGS_ALL_DATA","reportDocumentId":"D2"},{"reportType":"X","processingStatus":"IN_QUEUE"}]}"#);
+        types.learn(b"not json");
+        let cases = [("D1", Some(true)), ("D2", Some(false)), ("D3", None)];
+        for (doc, want) in cases {
+            assert_eq!(types.is_restricted(doc), want, "{doc}");
+        }
+    }
+
+    #[test]
+    fn first_error_reads_spapi_errors() {
+        let body = br#"{"errors":[{"code":"Unauthorized","message":"Access denied","details":"missing role"}]}"#;
+        assert_eq!(
+            first_error(body),
+            Some(("Unauthorized".into(), "Access denied (missing role)".into()))
+        );
+        assert_eq!(first_error(b"{}"), None);
+    }
+
+    #[test]
+    fn both_answer_shapes_parse() {
+        for body in [
+            r#"{"restrictedDataToken":"Atz.sprdt|x","expiresIn":3600}"#,
+            r#"{"payload":{"restrictedDataToken":"Atz.sprdt|x","expiresIn":3600}}"#,
+        ] {
+            let a: RdtAnswer = serde_json::from_str(body).unwrap();
+            let (RdtAnswer::Bare(r) | RdtAnswer::Wrapped { payload: r }) = a;
+            assert_eq!(r.token, "Atz.sprdt|x");
+        }
+    }
+}
