@@ -153,6 +153,11 @@ struct RawConfig {
     default_rate: Option<f64>,
     default_burst: Option<u32>,
     operations: Option<toml::Table>,
+    rate_limit: Option<bool>,
+    max_wait: Option<f64>,
+    max_queue: Option<usize>,
+    throttle_retries: Option<u32>,
+    retry_put_patch: Option<bool>,
 }
 
 /// `[operations.<name>]`: per-operation settings.
@@ -318,6 +323,16 @@ pub struct Config {
     pub default_quota: Quota,
     /// Per-operation settings, by catalog index.
     pub operations: std::collections::HashMap<usize, OperationSettings>,
+    /// Whether the proxy limits rates locally (`rate_limit`, env `SPAPI_RATE_LIMIT`).
+    pub rate_limit: bool,
+    /// Longest a request waits for quota; `x-spapi-max-wait` can only shorten it.
+    pub max_wait: Duration,
+    /// Most requests waiting per bucket; more are refused at once.
+    pub max_queue: usize,
+    /// How often a request Amazon answered 429 is retried (safe methods only).
+    pub throttle_retries: u32,
+    /// Whether PUT and PATCH count as safe to retry after a 429.
+    pub retry_put_patch: bool,
 }
 
 /// Looks up an environment variable; tests pass a map instead of the process environment.
@@ -666,6 +681,34 @@ impl Config {
             burst: positive_burst("default_burst", raw.default_burst.unwrap_or(5))?,
         };
         let operations = operation_settings(raw.operations.unwrap_or_default())?;
+        let rate_limit = match env_first(env, &["SPAPI_RATE_LIMIT"]) {
+            Some((k, v)) => parse_bool(k, &v)?,
+            None => raw.rate_limit.unwrap_or(true),
+        };
+        let max_wait = match raw.max_wait {
+            None => Duration::from_secs(60),
+            Some(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Duration::from_secs_f64(v),
+            Some(v) => {
+                return Err(invalid(
+                    "max_wait",
+                    format!("{v} is not a number of seconds from 0 to 3600"),
+                ))
+            }
+        };
+        let max_queue = raw.max_queue.unwrap_or(1000);
+        if !(1..=1_000_000).contains(&max_queue) {
+            return Err(invalid(
+                "max_queue",
+                format!("{max_queue} is not between 1 and 1000000"),
+            ));
+        }
+        let throttle_retries = raw.throttle_retries.unwrap_or(2);
+        if throttle_retries > 10 {
+            return Err(invalid(
+                "throttle_retries",
+                "at most 10 retries are allowed",
+            ));
+        }
 
         Ok(Config {
             listen,
@@ -683,6 +726,11 @@ impl Config {
             restricted_report_types,
             default_quota,
             operations,
+            rate_limit,
+            max_wait,
+            max_queue,
+            throttle_retries,
+            retry_put_patch: raw.retry_put_patch.unwrap_or(false),
         })
     }
 
@@ -750,7 +798,8 @@ impl Config {
              token_retries       {}\n\
              replay_buffer_bytes {}\n\
              unknown_operations  {}\n\
-             default limit       {} req/s, burst {}\n",
+             default limit       {} req/s, burst {}\n\
+             rate_limit          {} (max_wait {:?}, max_queue {}, throttle_retries {}, retry_put_patch {})\n",
             self.listen,
             self.region.name(),
             if self.sandbox { " (sandbox)" } else { "" },
@@ -777,6 +826,11 @@ impl Config {
             },
             self.default_quota.rate,
             self.default_quota.burst,
+            if self.rate_limit { "on" } else { "off" },
+            self.max_wait,
+            self.max_queue,
+            self.throttle_retries,
+            self.retry_put_patch,
         ) + &self.describe_operations()
     }
 
@@ -1023,6 +1077,28 @@ refresh_token = "Atzr|file-refresh"
     }
 
     #[test]
+    fn rate_limit_switch() {
+        assert!(parse(CREDS).unwrap().rate_limit);
+        assert!(
+            !parse(&format!("rate_limit = false\n{CREDS}"))
+                .unwrap()
+                .rate_limit
+        );
+        for off in ["off", "false", "0"] {
+            assert!(
+                !parse_with(CREDS, &[("SPAPI_RATE_LIMIT", off)])
+                    .unwrap()
+                    .rate_limit
+            );
+        }
+        let on = parse_with(
+            &format!("rate_limit = false\n{CREDS}"),
+            &[("SPAPI_RATE_LIMIT", "on")],
+        );
+        assert!(on.unwrap().rate_limit, "the environment wins");
+    }
+
+    #[test]
     fn python_sp_api_variable_names_are_accepted() {
         let c = parse_with(
             "",
@@ -1057,6 +1133,7 @@ refresh_token = "Atzr|file-refresh"
             ("SPAPI_ENDPOINT", "not a url"),
             ("SPAPI_TOKEN_URL", "ftp://x"),
             ("SPAPI_LISTEN", "8080"),
+            ("SPAPI_RATE_LIMIT", "sometimes"),
         ];
         for (var, value) in cases {
             let got = err_key(parse_with(CREDS, &[(var, value)]));

@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod explain;
 pub mod forward;
+pub mod limiter;
 pub mod operations;
 pub mod proxy;
 pub mod secret;

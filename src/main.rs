@@ -203,6 +203,7 @@ async fn demo(listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    simulator.enforce_rate_limits(true);
     let env = [
         ("SPAPI_ENDPOINT", simulator.url()),
         ("SPAPI_TOKEN_URL", simulator.token_url()),

@@ -1,6 +1,7 @@
 //! The request pipeline, read top to bottom, and the one place where errors become responses.
 
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -12,11 +13,21 @@ use crate::body::{full, ProxyBody};
 use crate::config::{Config, ConfigError, OperationSettings, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder};
+use crate::limiter::Limiter;
 use crate::operations::{Catalog, Operation};
 use crate::secret::Secret;
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
 const MAX_INSPECTED_403: u64 = 64 * 1024;
+
+/// Header limiting, for one request, how long it may wait for quota (seconds).
+pub const MAX_WAIT_HEADER: &str = "x-spapi-max-wait";
+
+/// Response header: how long the request waited for quota, in milliseconds.
+pub const QUEUED_MS_HEADER: &str = "x-spapi-proxy-queued-ms";
+
+/// Amazon's report of the rate it applies to this operation for this seller.
+const RATE_LIMIT_HEADER: &str = "x-amzn-ratelimit-limit";
 
 /// getReport/getReports answers up to this size are read to learn report document types.
 const MAX_LEARNED_BODY: u64 = 4 * 1024 * 1024;
@@ -41,11 +52,15 @@ fn own_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 #[derive(Debug)]
 pub struct Proxy {
     catalog: &'static Catalog,
+    limiter: Arc<Limiter>,
     auth: Auth,
     forwarder: Forwarder,
     replay_buffer_bytes: u64,
     unknown_operations: UnknownOperations,
     settings: std::collections::HashMap<usize, OperationSettings>,
+    max_wait: Duration,
+    throttle_retries: u32,
+    retry_put_patch: bool,
     /// Paths already logged as unknown, so each is logged once (bounded: a scanner must not
     /// grow it without end).
     unknown_seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -77,9 +92,14 @@ impl Proxy {
             key: "(http client)".into(),
             problem: format!("cannot build the HTTP client: {e}"),
         })?;
+        let limiter = Arc::new(Limiter::new(Arc::new(config.clone())));
         Ok(Proxy {
             catalog: Catalog::builtin(),
-            auth: Auth::new(config, http.clone())?,
+            auth: Auth::new(config, http.clone(), Arc::clone(&limiter))?,
+            limiter,
+            max_wait: config.max_wait,
+            throttle_retries: config.throttle_retries,
+            retry_put_patch: config.retry_put_patch,
             forwarder: Forwarder::new(http, &config.endpoint, config.timeouts.response),
             replay_buffer_bytes: config.replay_buffer_bytes,
             unknown_operations: config.unknown_operations,
@@ -168,13 +188,31 @@ impl Proxy {
             }
         };
 
+        let max_wait = match own_header(&parts.headers, MAX_WAIT_HEADER)? {
+            None => self.max_wait,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                    self.max_wait.min(Duration::from_secs_f64(secs))
+                }
+                _ => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "{MAX_WAIT_HEADER}: `{v}` is not a number of seconds"
+                    )))
+                }
+            },
+        };
+        let deadline = Instant::now() + max_wait;
+
         // 2. Hold small bodies so that a request can be replayed once with a fresh token.
         let mut body = self.read_body(body, &parts.headers).await?;
 
-        // 3. The token: LWA, grantless or RDT, cached.
+        // 3. Quota: wait for this operation's bucket, or refuse without calling Amazon.
+        let mut queued = self.limiter.acquire(op, max_wait).await?;
+
+        // 4. The token: LWA, grantless or RDT, cached.
         let mut chosen = self.auth.token(&plan, restricted).await?;
 
-        // 4. Forward.
+        // 5. Forward.
         let mut upstream = self
             .send(
                 &parts.method,
@@ -184,14 +222,16 @@ impl Proxy {
                 &chosen.token,
             )
             .await?;
+        self.observe_rate(op, &upstream);
 
-        // 5. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
+        // 6. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
         if upstream.status() == StatusCode::FORBIDDEN && body.replayable() {
             upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
             if upstream.says_token_rejected() {
                 tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
                 self.auth.reject(&chosen);
                 chosen = self.auth.token(&plan, restricted).await?;
+                queued += self.limiter.acquire(op, remaining(deadline)).await?;
                 upstream = self
                     .send(
                         &parts.method,
@@ -201,10 +241,39 @@ impl Proxy {
                         &chosen.token,
                     )
                     .await?;
+                self.observe_rate(op, &upstream);
             }
         }
 
-        // 6. getReport/getReports answers say which report documents are restricted.
+        // 7. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
+        //    and retry requests that are safe to repeat, within the same max wait.
+        let mut retries = 0;
+        while upstream.status() == StatusCode::TOO_MANY_REQUESTS
+            && self.limiter.enabled()
+            && retries < self.throttle_retries
+            && self.safe_to_repeat(&parts.method)
+            && body.replayable()
+        {
+            self.limiter.throttled(op);
+            let Ok(waited) = self.limiter.acquire(op, remaining(deadline)).await else {
+                break;
+            };
+            queued += waited;
+            retries += 1;
+            tracing::info!(path = %path, retries, "Amazon answered 429; retrying after waiting for quota");
+            upstream = self
+                .send(
+                    &parts.method,
+                    &path_and_query,
+                    &parts.headers,
+                    &mut body,
+                    &chosen.token,
+                )
+                .await?;
+            self.observe_rate(op, &upstream);
+        }
+
+        // 8. getReport/getReports answers say which report documents are restricted.
         if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
             upstream = upstream.read_whole(MAX_LEARNED_BODY).await?;
             if let Upstream::Read { body, .. } = &upstream {
@@ -212,8 +281,33 @@ impl Proxy {
             }
         }
 
-        // 7. Amazon's answer goes back untouched, minus hop-by-hop headers.
-        Ok(upstream.into_response())
+        // 9. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
+        let mut response = upstream.into_response();
+        response.headers_mut().insert(
+            QUEUED_MS_HEADER,
+            http::HeaderValue::from(queued.as_millis() as u64),
+        );
+        Ok(response)
+    }
+
+    fn observe_rate(&self, op: Option<&Operation>, upstream: &Upstream) {
+        let rate = upstream
+            .headers()
+            .get(RATE_LIMIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if let Some(rate) = rate {
+            self.limiter.observe_rate(op, rate);
+        }
+    }
+
+    /// GET, HEAD and DELETE may be repeated; PUT and PATCH only if configured; POST never.
+    fn safe_to_repeat(&self, method: &Method) -> bool {
+        match *method {
+            Method::GET | Method::HEAD | Method::DELETE => true,
+            Method::PUT | Method::PATCH => self.retry_put_patch,
+            _ => false,
+        }
     }
 
     fn unknown_request(&self, method: &Method, path: &str) -> Result<(), ProxyError> {
@@ -280,6 +374,9 @@ impl Proxy {
                 StatusCode::OK,
                 serde_json::json!({"status": "ok"}),
             )),
+            (&Method::GET, "/_proxy/quota") => {
+                Ok(json_response(StatusCode::OK, self.limiter.snapshot()))
+            }
             (&Method::GET, "/_proxy/ready") => match self.auth.ready().await {
                 Ok(_) => Ok(json_response(
                     StatusCode::OK,
@@ -314,11 +411,22 @@ impl RequestBody {
     }
 }
 
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
 impl Upstream {
     fn status(&self) -> StatusCode {
         match self {
             Upstream::Streaming(r) => r.status(),
             Upstream::Read { status, .. } => *status,
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Upstream::Streaming(r) => r.headers(),
+            Upstream::Read { headers, .. } => headers,
         }
     }
 

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::{full, ProxyBody};
+use crate::operations::{Catalog, Operation};
 
 /// The path of the simulated LWA token endpoint.
 pub const TOKEN_PATH: &str = "/auth/o2/token";
@@ -57,6 +58,10 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// The status the simulator answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+    /// The catalog operation it matched (`api.operationId`), if any.
+    pub operation: Option<String>,
 }
 
 impl Recorded {
@@ -122,6 +127,46 @@ struct Settings {
     upstream_fault: Option<(u16, usize)>,
     upstream_latency: Duration,
     rdt_refusal: Option<(u16, String, String)>,
+    enforce_limits: bool,
+}
+
+/// Amazon's side of a usage plan: a classic token bucket per operation.
+#[derive(Debug)]
+struct SimBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+    /// A rate change takes effect with the next request it admits, and that request's answer
+    /// already reports it, the way a changed usage plan shows up in the next response.
+    pending_rate: Option<f64>,
+}
+
+impl SimBucket {
+    fn new(rate: f64, burst: u32) -> SimBucket {
+        SimBucket {
+            rate,
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            updated: Instant::now(),
+            pending_rate: None,
+        }
+    }
+
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + (now - self.updated).as_secs_f64() * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        if let Some(rate) = self.pending_rate.take() {
+            self.rate = rate;
+        }
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -132,6 +177,8 @@ struct State {
     lwa_calls: AtomicU64,
     client_credentials_scopes: Mutex<Vec<String>>,
     mints: Mutex<Vec<Resource>>,
+    buckets: Mutex<HashMap<usize, SimBucket>>,
+    throttled: AtomicU64,
     token_rejections: AtomicU64,
     counter: AtomicU64,
 }
@@ -176,12 +223,15 @@ impl Simulator {
                 upstream_fault: None,
                 upstream_latency: Duration::ZERO,
                 rdt_refusal: None,
+                enforce_limits: false,
             }),
             tokens: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             lwa_calls: AtomicU64::new(0),
             client_credentials_scopes: Mutex::new(Vec::new()),
             mints: Mutex::new(Vec::new()),
+            buckets: Mutex::new(HashMap::new()),
+            throttled: AtomicU64::new(0),
             token_rejections: AtomicU64::new(0),
             counter: AtomicU64::new(0),
         });
@@ -251,6 +301,34 @@ impl Simulator {
     pub fn set_rdt_refusal(&self, refusal: Option<(u16, &str, &str)>) {
         lock(&self.state.settings).rdt_refusal =
             refusal.map(|(s, c, m)| (s, c.to_string(), m.to_string()));
+    }
+
+    /// Enforces every operation's published usage plan (rate and burst from the catalog),
+    /// answering 429 `QuotaExceeded` when a bucket is empty, as Amazon does.
+    pub fn enforce_rate_limits(&self, on: bool) {
+        lock(&self.state.settings).enforce_limits = on;
+    }
+
+    /// Changes the rate Amazon applies to every operation named `operation` (an operationId
+    /// or `api.operationId`), effective from the next request it admits.
+    pub fn set_rate(&self, operation: &str, rate: f64) {
+        let catalog = Catalog::builtin();
+        let ops: Vec<&Operation> = match operation.split_once('.') {
+            Some((api, id)) => catalog.by_qualified(api, id).into_iter().collect(),
+            None => catalog.by_id(operation),
+        };
+        let mut buckets = lock(&self.state.buckets);
+        for op in ops {
+            buckets
+                .entry(op.index)
+                .or_insert_with(|| SimBucket::new(op.rate.unwrap_or(1.0), op.burst.unwrap_or(5)))
+                .pending_rate = Some(rate);
+        }
+    }
+
+    /// How many requests were answered 429 because a bucket was empty.
+    pub fn throttled(&self) -> u64 {
+        self.state.throttled.load(Ordering::SeqCst)
     }
 
     /// Every RDT issued so far expires now; LWA tokens stay valid.
@@ -489,7 +567,32 @@ fn check_request(state: &State, headers: &HeaderMap) -> Result<TokenKind, Refusa
     Ok(kind)
 }
 
+/// Takes a token from the operation's bucket when limits are enforced.
+fn admit(state: &State, op: Option<&Operation>) -> bool {
+    let Some(op) = op else { return true };
+    if !lock(&state.settings).enforce_limits {
+        return true;
+    }
+    let (Some(rate), Some(burst)) = (op.rate, op.burst) else {
+        return true;
+    };
+    lock(&state.buckets)
+        .entry(op.index)
+        .or_insert_with(|| SimBucket::new(rate, burst))
+        .admit()
+}
+
+/// The rate reported in `x-amzn-RateLimit-Limit`: the bucket's, or the published one.
+fn current_rate(state: &State, op: Option<&Operation>) -> Option<f64> {
+    let op = op?;
+    match lock(&state.buckets).get(&op.index) {
+        Some(b) => Some(b.rate),
+        None => op.rate,
+    }
+}
+
 async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+    let arrived = Instant::now();
     let method = req.method().clone();
     let path_and_query = req
         .uri()
@@ -519,13 +622,40 @@ async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let op = if req.uri().path().starts_with("/_sim/") {
+        None
+    } else {
+        Catalog::builtin().find(req.method(), req.uri().path())
+    };
     let mut resp = match fault {
+        Some(429) => spapi_error(
+            429,
+            "QuotaExceeded",
+            "You exceeded your quota for the requested resource.",
+        ),
         Some(status) => spapi_error(status, "ServiceUnavailable", "Simulated failure."),
         None => match check_request(state, req.headers()) {
             Err((status, code, message)) => spapi_error(status, code, message),
+            Ok(_) if !admit(state, op) => {
+                state.throttled.fetch_add(1, Ordering::SeqCst);
+                spapi_error(
+                    429,
+                    "QuotaExceeded",
+                    "You exceeded your quota for the requested resource.",
+                )
+            }
             Ok(kind) => route(state, req, &kind).await,
         },
     };
+    // Amazon sends the rate on 2xx, 400 and 404 answers only.
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) || status == 400 || status == 404 {
+        if let Some(rate) = current_rate(state, op) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{rate}")) {
+                resp.headers_mut().insert("x-amzn-RateLimit-Limit", v);
+            }
+        }
+    }
     let n = state.counter.fetch_add(1, Ordering::SeqCst);
     resp.headers_mut().insert(
         "x-amzn-RequestId",
@@ -537,17 +667,9 @@ async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
         path_and_query,
         headers,
         status: resp.status().as_u16(),
+        at: arrived,
+        operation: op.map(Operation::qualified),
     });
-    resp
-}
-
-/// Published usage-plan rates, sent back in `x-amzn-RateLimit-Limit` as Amazon does.
-fn with_rate(mut resp: Response<ProxyBody>, rate: &'static str) -> Response<ProxyBody> {
-    let status = resp.status().as_u16();
-    if (200..300).contains(&status) || status == 400 || status == 404 {
-        resp.headers_mut()
-            .insert("x-amzn-RateLimit-Limit", HeaderValue::from_static(rate));
-    }
     resp
 }
 
@@ -646,116 +768,86 @@ async fn route(state: &State, req: Request<Incoming>, kind: &TokenKind) -> Respo
     match (&method, segments.as_slice()) {
         (&Method::POST, ["tokens", "2021-03-01", "restrictedDataToken"]) => {
             if *kind != TokenKind::Seller {
-                return with_rate(denied(), "1.0");
+                return denied();
             }
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
-            with_rate(mint(state, body.ok().as_deref()), "1.0")
+            mint(state, body.ok().as_deref())
         }
         (&Method::GET, ["sellers", "v1", "marketplaceParticipations"]) => {
             authorize!(Need::SellerToken);
-            with_rate(json_response(200, marketplace_participations()), "0.016")
+            json_response(200, marketplace_participations())
         }
         (&Method::GET, ["orders", "v0", "orders"]) => {
             let elements = authorize!(Need::SellerToken);
             if query_param(&query, "MarketplaceIds").is_none() {
-                return with_rate(
-                    spapi_error(400, "InvalidInput", "Missing required 'MarketplaceIds'."),
-                    "0.0167",
-                );
+                return spapi_error(400, "InvalidInput", "Missing required 'MarketplaceIds'.");
             }
             let orders: Vec<Value> = ORDER_IDS.iter().map(|id| order(id, &elements)).collect();
-            with_rate(
-                json_response(
-                    200,
-                    json!({"payload": {"Orders": orders, "CreatedBefore": "2026-11-23T12:00:00Z"}}),
-                ),
-                "0.0167",
+            json_response(
+                200,
+                json!({"payload": {"Orders": orders, "CreatedBefore": "2026-11-23T12:00:00Z"}}),
             )
         }
         (&Method::GET, ["orders", "v0", "orders", id]) => {
             let elements = authorize!(Need::SellerToken);
-            with_rate(
-                json_response(200, json!({"payload": order(id, &elements)})),
-                "0.5",
-            )
+            json_response(200, json!({"payload": order(id, &elements)}))
         }
         (&Method::GET, ["orders", "v0", "orders", id, "orderItems"]) => {
             let elements = authorize!(Need::SellerToken);
-            with_rate(
-                json_response(
-                    200,
-                    json!({"payload": {"AmazonOrderId": id, "OrderItems": [order_item(&elements)]}}),
-                ),
-                "0.5",
+            json_response(
+                200,
+                json!({"payload": {"AmazonOrderId": id, "OrderItems": [order_item(&elements)]}}),
             )
         }
         (&Method::GET, ["orders", "v0", "orders", id, "address"]) => {
             authorize!(Need::Rdt);
-            with_rate(
-                json_response(
-                    200,
-                    json!({"payload": {"AmazonOrderId": id, "ShippingAddress": shipping_address()}}),
-                ),
-                "0.5",
+            json_response(
+                200,
+                json!({"payload": {"AmazonOrderId": id, "ShippingAddress": shipping_address()}}),
             )
         }
         (&Method::GET, ["orders", "v0", "orders", id, "buyerInfo"]) => {
             authorize!(Need::Rdt);
-            with_rate(
-                json_response(200, json!({"payload": buyer_info(id)})),
-                "0.5",
-            )
+            json_response(200, json!({"payload": buyer_info(id)}))
         }
         (&Method::GET, ["orders", "v0", "orders", id, "orderItems", "buyerInfo"]) => {
             authorize!(Need::Rdt);
-            with_rate(
-                json_response(
-                    200,
-                    json!({"payload": {"AmazonOrderId": id, "OrderItems": [{"OrderItemId": "68828574383266", "GiftMessageText": "Happy birthday, Sam!", "GiftWrapLevel": "Classic"}]}}),
-                ),
-                "0.5",
+            json_response(
+                200,
+                json!({"payload": {"AmazonOrderId": id, "OrderItems": [{"OrderItemId": "68828574383266", "GiftMessageText": "Happy birthday, Sam!", "GiftWrapLevel": "Classic"}]}}),
             )
         }
         (&Method::GET, ["notifications", "v1", "destinations"]) => {
             authorize!(Need::Scope("sellingpartnerapi::notifications"));
-            with_rate(
-                json_response(
-                    200,
-                    json!({"payload": [{
-                        "name": "orders-queue",
-                        "destinationId": "3acafc7e-121b-1329-8ae8-000000000000",
-                        "resource": {"sqs": {"arn": "arn:aws:sqs:us-east-1:000000000000:orders-queue"}}
-                    }]}),
-                ),
-                "1.0",
+            json_response(
+                200,
+                json!({"payload": [{
+                    "name": "orders-queue",
+                    "destinationId": "3acafc7e-121b-1329-8ae8-000000000000",
+                    "resource": {"sqs": {"arn": "arn:aws:sqs:us-east-1:000000000000:orders-queue"}}
+                }]}),
             )
         }
         (&Method::GET, ["catalog", "2022-04-01", "items", asin]) => {
             authorize!(Need::SellerToken);
-            with_rate(json_response(200, catalog_item(asin)), "2.0")
+            json_response(200, catalog_item(asin))
         }
         (&Method::POST, ["reports", "2021-06-30", "reports"]) => {
             authorize!(Need::SellerToken);
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
             let spec: Option<Value> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
             match spec.as_ref().and_then(|v| v["reportType"].as_str()) {
-                Some(_) => with_rate(json_response(202, json!({"reportId": "50001"})), "0.0167"),
-                None => with_rate(
-                    spapi_error(400, "InvalidInput", "reportType is required."),
-                    "0.0167",
-                ),
+                Some(_) => json_response(202, json!({"reportId": "50001"})),
+                None => spapi_error(400, "InvalidInput", "reportType is required."),
             }
         }
         (&Method::GET, ["reports", "2021-06-30", "reports"]) => {
             authorize!(Need::SellerToken);
-            with_rate(
-                json_response(200, json!({"reports": [report("50001"), report("90001")]})),
-                "0.0222",
-            )
+            json_response(200, json!({"reports": [report("50001"), report("90001")]}))
         }
         (&Method::GET, ["reports", "2021-06-30", "reports", id]) => {
             authorize!(Need::SellerToken);
-            with_rate(json_response(200, report(id)), "2.0")
+            json_response(200, report(id))
         }
         (&Method::GET, ["reports", "2021-06-30", "documents", doc]) => {
             let report_id = doc.rsplit('.').next().unwrap_or("");
@@ -765,16 +857,13 @@ async fn route(state: &State, req: Request<Incoming>, kind: &TokenKind) -> Respo
             } else {
                 authorize!(Need::SellerToken);
             }
-            with_rate(
-                json_response(
-                    200,
-                    json!({
-                        "reportDocumentId": doc,
-                        "url": format!("https://tortuga-prod-na.s3-external-1.amazonaws.com/{doc}"),
-                        "compressionAlgorithm": "GZIP",
-                    }),
-                ),
-                "0.0167",
+            json_response(
+                200,
+                json!({
+                    "reportDocumentId": doc,
+                    "url": format!("https://tortuga-prod-na.s3-external-1.amazonaws.com/{doc}"),
+                    "compressionAlgorithm": "GZIP",
+                }),
             )
         }
         (&Method::GET, ["_sim", "bytes"]) => {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::error::{ProxyError, TokenError};
-use crate::operations::{AuthKind, Catalog, Operation};
+use crate::limiter::Limiter;
+use crate::operations::{AuthKind, Operation};
 use crate::secret::Secret;
 
 use grantless::Grantless;
@@ -66,7 +67,11 @@ pub fn says_token_rejected(body: &str) -> bool {
 
 impl Auth {
     /// Token sources for the configured credentials; nothing is fetched yet.
-    pub fn new(config: &Config, http: reqwest::Client) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: &Config,
+        http: reqwest::Client,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ConfigError> {
         config.require_credentials()?;
         let c = &config.credentials;
         let (Some(client_id), Some(secret)) = (&c.client_id, &c.client_secret) else {
@@ -84,9 +89,6 @@ impl Auth {
             .refresh_token
             .as_ref()
             .map(|rt| TokenCache::lwa(Arc::clone(&client), Grant::RefreshToken(rt.clone())));
-        let mint_op =
-            Catalog::builtin().by_qualified("tokens_2021-03-01", "createRestrictedDataToken");
-        let (mint_quota, _) = config.quota(mint_op);
         let rdt = seller.as_ref().map(|seller| {
             RdtCache::new(Minter::new(
                 http,
@@ -94,8 +96,8 @@ impl Auth {
                 seller.clone(),
                 config.target_application.clone(),
                 config.timeouts.token,
-                mint_quota.rate,
-                mint_quota.burst,
+                limiter,
+                config.max_wait,
             ))
         });
         Ok(Auth {

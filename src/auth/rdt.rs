@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use governor::{DefaultDirectRateLimiter, Quota as GovernorQuota};
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::json;
@@ -13,6 +12,7 @@ use serde_json::json;
 use super::lwa::{FreshToken, TokenCache};
 use crate::error::TokenError;
 use crate::forward::{self, PROXY_USER_AGENT};
+use crate::limiter::{self, Limiter};
 use crate::secret::Secret;
 
 /// The Tokens API operation that mints RDTs.
@@ -37,9 +37,10 @@ pub struct Minter {
     seller: TokenCache,
     target_application: Option<String>,
     timeout: Duration,
-    /// The Tokens API allows 1 request/s, burst 10, per app and seller: mints wait for a slot
-    /// rather than be throttled.
-    limiter: DefaultDirectRateLimiter,
+    /// The Tokens API allows 1 request/s, burst 10, per app and seller: mints wait in the
+    /// createRestrictedDataToken bucket, which clients calling that operation directly share.
+    limiter: Arc<Limiter>,
+    max_wait: Duration,
 }
 
 impl std::fmt::Debug for Minter {
@@ -67,20 +68,16 @@ enum RdtAnswer {
 }
 
 impl Minter {
-    /// A minter posting to `base` + [`RDT_PATH`], limited to `rate`/`burst`.
+    /// A minter posting to `base` + [`RDT_PATH`], waiting up to `max_wait` for quota.
     pub fn new(
         http: reqwest::Client,
         base: &Url,
         seller: TokenCache,
         target_application: Option<String>,
         timeout: Duration,
-        rate: f64,
-        burst: u32,
+        limiter: Arc<Limiter>,
+        max_wait: Duration,
     ) -> Minter {
-        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
-        let quota = GovernorQuota::with_period(period)
-            .expect("a positive period")
-            .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least 1"));
         Minter {
             http,
             url: Url::parse(&format!(
@@ -91,7 +88,8 @@ impl Minter {
             seller,
             target_application,
             timeout,
-            limiter: DefaultDirectRateLimiter::direct(quota),
+            limiter,
+            max_wait,
         }
     }
 
@@ -100,7 +98,10 @@ impl Minter {
     pub async fn mint(&self, resource: &RdtResource) -> Result<FreshToken, TokenError> {
         let mut lwa = self.seller.get().await?;
         for attempt in 0..2 {
-            self.limiter.until_ready().await;
+            self.limiter
+                .acquire(limiter::mint_operation(), self.max_wait)
+                .await
+                .map_err(|e| TokenError::Unavailable(format!("Tokens API: {e}")))?;
             match self.mint_once(resource, &lwa).await {
                 Err(MintError::LwaRejected) if attempt == 0 => {
                     self.seller.invalidate(&lwa);

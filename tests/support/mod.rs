@@ -50,13 +50,24 @@ pub fn client() -> reqwest::Client {
 }
 
 impl Harness {
-    /// Simulator plus proxy with default settings.
+    /// Simulator plus proxy with default settings, except that local rate limiting is off:
+    /// these tests are about tokens and forwarding, and send far more than the usage plans allow.
     pub async fn start() -> Harness {
         Harness::with_config("").await
     }
 
-    /// Simulator plus proxy configured by `toml` (endpoints and credentials come from the env).
+    /// Simulator plus proxy configured by `toml` (endpoints and credentials come from the env);
+    /// local rate limiting is off unless `toml` sets `rate_limit`.
     pub async fn with_config(toml: &str) -> Harness {
+        if toml.contains("rate_limit") {
+            Harness::limited(toml).await
+        } else {
+            Harness::limited(&format!("rate_limit = false\n{toml}")).await
+        }
+    }
+
+    /// Simulator plus proxy configured by `toml`, rate limiting on by default.
+    pub async fn limited(toml: &str) -> Harness {
         let sim = Simulator::start().await.unwrap();
         let config = config_for(&sim, toml);
         Harness::with(sim, config).await

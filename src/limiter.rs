@@ -1,0 +1,573 @@
+//! Rate limits: one governor token bucket per operation for the seller, a FIFO queue in front of
+//! each, and adaptation to the rate Amazon reports in `x-amzn-RateLimit-Limit`.
+//!
+//! The proxy holds one seller's credentials, so the buckets are per operation of that seller
+//! (Amazon's usage plans are per application + seller pair and operation).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota as GovernorQuota, RateLimiter};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{Config, QuotaSource};
+use crate::error::ProxyError;
+use crate::operations::{Catalog, Operation};
+
+/// governor's clock, read from tokio's: tests pause tokio's time and the buckets follow it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+/// A request that takes a bucket's last whole token is sent this much later. Amazon's bucket
+/// starts refilling when our first request *arrives*; if a later request's trip is shorter than
+/// that first one's, it would arrive before Amazon's token does. A constant delay on the pacing
+/// edge absorbs that jitter without lowering the rate.
+pub const PACING_MARGIN: Duration = Duration::from_millis(20);
+
+/// Where a bucket's current rate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateSource {
+    /// Catalog, config or default.
+    Configured(QuotaSource),
+    /// Amazon's `x-amzn-RateLimit-Limit` header.
+    Amazon,
+    /// Halved after Amazon answered 429.
+    Throttled,
+}
+
+impl RateSource {
+    /// Name for `/_proxy/quota`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RateSource::Configured(s) => s.name(),
+            RateSource::Amazon => "amazon",
+            RateSource::Throttled => "throttled",
+        }
+    }
+}
+
+struct BucketState {
+    gcra: Gcra,
+    rate: f64,
+    source: RateSource,
+    /// Whole tokens left after the last take, and when; governor does not expose its state
+    /// without taking a token, so this is what `tokens_available` is computed from.
+    remaining: u32,
+    measured_at: Instant,
+}
+
+struct Bucket {
+    label: String,
+    api: String,
+    burst: u32,
+    state: Mutex<BucketState>,
+    /// A tokio mutex: fair, so waiters get their turn first come, first served. Only the head
+    /// of the queue holds it, across its sleep until the next token.
+    queue: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
+    /// Wakes the head when the rate changes, so it need not sleep to a stale deadline.
+    changed: Notify,
+}
+
+fn gcra(rate: f64, burst: u32) -> Gcra {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let quota = GovernorQuota::with_period(period)
+        .unwrap_or_else(|| GovernorQuota::per_second(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+    RateLimiter::direct_with_clock(quota, TokioClock)
+        .with_middleware::<StateInformationMiddleware>()
+}
+
+impl BucketState {
+    fn tokens_now(&self, burst: u32) -> f64 {
+        let refilled = self.measured_at.elapsed().as_secs_f64() * self.rate;
+        (f64::from(self.remaining) + refilled).min(f64::from(burst))
+    }
+}
+
+/// Counts a queued request; the count drops however the wait ends (token, timeout, hang-up).
+struct Place<'a>(&'a AtomicUsize);
+
+impl<'a> Place<'a> {
+    fn take(counter: &'a AtomicUsize) -> Place<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Place(counter)
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Bucket {
+    fn new(label: String, api: String, rate: f64, burst: u32, source: RateSource) -> Bucket {
+        Bucket {
+            label,
+            api,
+            burst,
+            state: Mutex::new(BucketState {
+                gcra: gcra(rate, burst),
+                rate,
+                source,
+                remaining: burst,
+                measured_at: Instant::now(),
+            }),
+            queue: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BucketState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a token: `Ok(whole tokens left)`, or `Err(when the next one comes)`.
+    fn take(&self) -> Result<u32, Instant> {
+        let mut s = self.lock();
+        match s.gcra.check() {
+            Ok(snapshot) => {
+                s.remaining = snapshot.remaining_burst_capacity();
+                s.measured_at = Instant::now();
+                Ok(s.remaining)
+            }
+            Err(not_until) => {
+                s.remaining = 0;
+                s.measured_at = Instant::now();
+                let wait = not_until.wait_time_from(TokioClock.now());
+                Err(Instant::now() + wait)
+            }
+        }
+    }
+
+    /// How long `ahead` more requests would wait for their tokens.
+    fn estimate(&self, ahead: usize) -> Duration {
+        let s = self.lock();
+        let missing = (ahead as f64 + 1.0 - s.tokens_now(self.burst)).max(0.0);
+        Duration::from_secs_f64(missing / s.rate)
+    }
+
+    /// Replaces the rate, carrying over the tokens the bucket holds now.
+    fn set_rate(&self, rate: f64, source: RateSource) {
+        let mut s = self.lock();
+        let changed = (s.rate - rate).abs() > 1e-9;
+        if !changed && s.source == source {
+            return;
+        }
+        let tokens = s.tokens_now(self.burst).floor() as u32;
+        let fresh = gcra(rate, self.burst);
+        if let Some(used) = NonZeroU32::new(self.burst.saturating_sub(tokens)) {
+            let _ = fresh.check_n(used);
+        }
+        s.gcra = fresh;
+        s.rate = rate;
+        s.source = source;
+        s.remaining = tokens;
+        s.measured_at = Instant::now();
+        drop(s);
+        if changed {
+            tracing::info!(bucket = %self.label, rate, source = source.name(), "rate changed");
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Amazon throttled us anyway: someone else is using the quota. Empty the bucket and halve
+    /// the rate until Amazon's header says otherwise.
+    fn throttled(&self) {
+        let rate = self.lock().rate / 2.0;
+        self.set_rate(rate.max(1e-4), RateSource::Throttled);
+        let mut s = self.lock();
+        while s.gcra.check().is_ok() {}
+        s.remaining = 0;
+        s.measured_at = Instant::now();
+    }
+}
+
+/// Every bucket, created on first use.
+pub struct Limiter {
+    config: Arc<Config>,
+    buckets: Mutex<HashMap<Option<usize>, Arc<Bucket>>>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("enabled", &self.config.rate_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    /// Buckets shaped by `config` (catalog rates after overrides).
+    pub fn new(config: Arc<Config>) -> Limiter {
+        Limiter {
+            config,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether local limiting is on (`rate_limit`).
+    pub fn enabled(&self) -> bool {
+        self.config.rate_limit
+    }
+
+    fn bucket(&self, op: Option<&Operation>) -> Arc<Bucket> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let key = op.map(|o| o.index);
+        Arc::clone(buckets.entry(key).or_insert_with(|| {
+            let (quota, source) = self.config.quota(op);
+            Arc::new(Bucket::new(
+                op.map_or_else(|| "unknown".into(), Operation::qualified),
+                op.map_or_else(String::new, |o| o.api.clone()),
+                quota.rate,
+                quota.burst,
+                RateSource::Configured(source),
+            ))
+        }))
+    }
+
+    /// Waits for a token for `op` (FIFO per bucket) for at most `max_wait`; returns how long
+    /// the request waited. Past `max_wait`, or with the queue full, the request is refused at
+    /// once with the time after which a retry may succeed.
+    pub async fn acquire(
+        &self,
+        op: Option<&Operation>,
+        max_wait: Duration,
+    ) -> Result<Duration, ProxyError> {
+        if !self.enabled() {
+            return Ok(Duration::ZERO);
+        }
+        let bucket = self.bucket(op);
+        let started = Instant::now();
+        let deadline = started + max_wait;
+        let refuse = |wait: Duration, reason: String| ProxyError::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            reason,
+        };
+        let ahead = bucket.waiting.load(Ordering::SeqCst);
+        if ahead >= self.config.max_queue {
+            return Err(refuse(
+                bucket.estimate(ahead),
+                format!("{} requests already wait for {}", ahead, bucket.label),
+            ));
+        }
+        let estimate = bucket.estimate(ahead);
+        if estimate > max_wait {
+            return Err(refuse(
+                estimate,
+                format!(
+                    "{} would wait about {:.1} s for quota, longer than the {:.1} s allowed",
+                    bucket.label,
+                    estimate.as_secs_f64(),
+                    max_wait.as_secs_f64()
+                ),
+            ));
+        }
+        let _place = Place::take(&bucket.waiting);
+        let Ok(head) = tokio::time::timeout_at(deadline, bucket.queue.lock()).await else {
+            return Err(refuse(
+                bucket.estimate(bucket.waiting.load(Ordering::SeqCst)),
+                format!(
+                    "{} did not get quota within {:.1} s",
+                    bucket.label,
+                    max_wait.as_secs_f64()
+                ),
+            ));
+        };
+        loop {
+            match bucket.take() {
+                Ok(left) => {
+                    drop(head);
+                    if left == 0 {
+                        tokio::time::sleep(PACING_MARGIN).await;
+                    }
+                    return Ok(started.elapsed());
+                }
+                Err(next) if next > deadline => {
+                    return Err(refuse(
+                        next - Instant::now(),
+                        format!(
+                            "{} did not get quota within {:.1} s",
+                            bucket.label,
+                            max_wait.as_secs_f64()
+                        ),
+                    ));
+                }
+                Err(next) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next) => {}
+                        () = bucket.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Amazon reported the rate it applies to `op` for this seller.
+    pub fn observe_rate(&self, op: Option<&Operation>, rate: f64) {
+        if self.enabled() && rate.is_finite() && rate > 0.0 {
+            self.bucket(op).set_rate(rate, RateSource::Amazon);
+        }
+    }
+
+    /// Amazon answered 429 for `op`.
+    pub fn throttled(&self, op: Option<&Operation>) {
+        if self.enabled() {
+            self.bucket(op).throttled();
+        }
+    }
+
+    /// Every bucket in use, for `/_proxy/quota`.
+    pub fn snapshot(&self) -> Value {
+        let buckets: Vec<Arc<Bucket>> = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut rows: Vec<Value> = buckets
+            .iter()
+            .map(|b| {
+                let s = b.lock();
+                json!({
+                    "seller": "default",
+                    "operation": b.label,
+                    "api": b.api,
+                    "rate": s.rate,
+                    "burst": b.burst,
+                    "tokens_available": (s.tokens_now(b.burst) * 100.0).floor() / 100.0,
+                    "waiting": b.waiting.load(Ordering::SeqCst),
+                    "rate_source": s.source.name(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a["operation"].as_str().cmp(&b["operation"].as_str()));
+        json!({"rate_limit": self.enabled(), "buckets": rows})
+    }
+
+    /// The bucket's current rate and source (for tests and `explain`).
+    pub fn rate_of(&self, op: Option<&Operation>) -> (f64, RateSource) {
+        let b = self.bucket(op);
+        let s = b.lock();
+        (s.rate, s.source)
+    }
+}
+
+/// `createRestrictedDataToken`, whose bucket RDT mints share with clients calling it directly.
+pub fn mint_operation() -> Option<&'static Operation> {
+    Catalog::builtin().by_qualified("tokens_2021-03-01", "createRestrictedDataToken")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(toml: &str) -> Arc<Limiter> {
+        let config = Config::from_toml_str(toml, "t", &|_| None).unwrap();
+        Arc::new(Limiter::new(Arc::new(config)))
+    }
+
+    fn op(id: &str) -> Option<&'static Operation> {
+        Catalog::builtin().by_id(id).into_iter().next()
+    }
+
+    const CATALOG_ITEM: &str = "[operations.getCatalogItem]\nrate = 2.0\nburst = 2\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_steady_rate() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        let start = Instant::now();
+        let mut admitted = Vec::new();
+        for _ in 0..6 {
+            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            admitted.push(start.elapsed());
+        }
+        let ms: Vec<u128> = admitted.iter().map(Duration::as_millis).collect();
+        // Two at once (the second takes the last token and is paced), then one per 500 ms.
+        assert_eq!(ms, [0, 20, 520, 1020, 1520, 2020]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_first_come_first_served() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (l, order) = (Arc::clone(&l), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                l.acquire(item, Duration::from_secs(60)).await.unwrap();
+                order.lock().unwrap().push(i);
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_wait_expiry_refuses_with_retry_after() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        for _ in 0..2 {
+            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        }
+        let started = Instant::now();
+        let err = l
+            .acquire(item, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_millis(1),
+            "refused at once, not after waiting"
+        );
+        assert_eq!(err.status(), 429);
+        let ProxyError::RateLimited {
+            retry_after_secs, ..
+        } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(retry_after_secs, 1);
+        // A wait that fits is granted.
+        let waited = l.acquire(item, Duration::from_secs(1)).await.unwrap();
+        assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_is_bounded() {
+        let l = limiter(&format!("max_queue = 3\n{CATALOG_ITEM}"));
+        let item = op("getCatalogItem");
+        for _ in 0..2 {
+            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        }
+        let mut queued = Vec::new();
+        for _ in 0..3 {
+            let l = Arc::clone(&l);
+            queued.push(tokio::spawn(async move {
+                l.acquire(item, Duration::from_secs(60)).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        let err = l.acquire(item, Duration::from_secs(60)).await.unwrap_err();
+        assert!(err.to_string().contains("3 requests already wait"), "{err}");
+        for q in queued {
+            assert!(q.await.unwrap().is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_leaves_and_takes_no_quota() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        for _ in 0..2 {
+            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        }
+        let gone = {
+            let l = Arc::clone(&l);
+            tokio::spawn(async move { l.acquire(item, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(l.snapshot()["buckets"][0]["waiting"], 1);
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(l.snapshot()["buckets"][0]["waiting"], 0);
+        // The token the cancelled waiter would have had goes to the next request.
+        let started = Instant::now();
+        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        assert!(
+            started.elapsed() <= Duration::from_millis(520),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn amazons_header_moves_the_rate_down_and_up() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        for _ in 0..2 {
+            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        }
+        l.observe_rate(item, 0.5);
+        assert_eq!(l.rate_of(item), (0.5, RateSource::Amazon));
+        let started = Instant::now();
+        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        let down = started.elapsed();
+        assert!(down >= Duration::from_millis(1990), "{down:?}");
+
+        l.observe_rate(item, 10.0);
+        let started = Instant::now();
+        for _ in 0..5 {
+            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        }
+        let up = started.elapsed();
+        assert!(up <= Duration::from_millis(600), "{up:?}");
+        assert_eq!(l.snapshot()["buckets"][0]["rate_source"], "amazon");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_follows_a_rate_raised_while_it_sleeps() {
+        let l = limiter("[operations.getOrders]\nrate = 0.1\nburst = 1\n");
+        let orders = op("getOrders");
+        l.acquire(orders, Duration::from_secs(60)).await.unwrap();
+        let waiter = {
+            let l = Arc::clone(&l);
+            tokio::spawn(async move { l.acquire(orders, Duration::from_secs(60)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        l.observe_rate(orders, 10.0);
+        let waited = waiter.await.unwrap().unwrap();
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_empties_and_slows_the_bucket() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        l.throttled(item);
+        assert_eq!(l.rate_of(item), (1.0, RateSource::Throttled));
+        let started = Instant::now();
+        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(990));
+    }
+
+    #[tokio::test]
+    async fn disabled_limiting_admits_everything_at_once() {
+        let l = limiter(&format!("rate_limit = false\n{CATALOG_ITEM}"));
+        for _ in 0..100 {
+            let waited = l
+                .acquire(op("getCatalogItem"), Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(waited, Duration::ZERO);
+        }
+        assert_eq!(l.snapshot()["buckets"].as_array().unwrap().len(), 0);
+    }
+}
