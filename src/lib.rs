@@ -5,9 +5,13 @@
 //! - [`config`]: `proxy.toml` and the environment, validated into a [`config::Config`].
 //! - [`server`]: sockets, connections, graceful shutdown.
 //! - [`proxy`]: the request pipeline; every error becomes a response here.
-//! - [`auth`]: which token a request carries; [`auth::lwa`] caches LWA access tokens.
+//! - [`operations`]: the SP-API operation catalog and the (method, path) matcher.
+//! - [`limiter`]: token buckets per operation, the wait queue, Amazon's rate header.
+//! - [`auth`]: which token a request carries: LWA ([`auth::lwa`]), RDT ([`auth::rdt`]),
+//!   grantless ([`auth::grantless`]).
 //! - [`forward`]: the upstream side: header hygiene, signing headers, the pooled client.
 //! - [`error`]: the error enum and its one status mapping.
+//! - [`explain`]: the `operations` and `explain` commands.
 //! - [`sim`]: a local SP-API and LWA simulator for `demo` and the tests.
 //! - [`secret`], [`body`]: small shared types.
 //!
@@ -15,12 +19,18 @@
 //!
 //! ```text
 //! server::serve  accept -> hyper connection (watched for graceful shutdown) -> Proxy::handle
-//! Proxy::handle  /_proxy/* -> own endpoints; otherwise Proxy::proxy:
-//!   1. read_body      small bodies are held so the request can be replayed
-//!   2. auth           the cached LWA access token (single-flight refresh)
-//!   3. forward::send  signing headers set, path and query byte for byte, bodies streamed
-//!   4. on 403 "token expired/invalid": drop the token, fetch a new one, replay once
-//!   5. Amazon's response back untouched (hop-by-hop headers aside)
+//! Proxy::handle  /_proxy/* -> own endpoints; otherwise operations::Catalog::find, then Proxy::proxy:
+//!   0. unknown operation: forward under the shared bucket, or 404 if configured to reject
+//!   1. auth::plan     LWA, RDT (path, dataElements) or grantless scope; bad input is a 400 here
+//!   2. read_body      small bodies are held so the request can be replayed
+//!   3. limiter        wait for the operation's bucket (FIFO, max_wait) or 429 without calling Amazon
+//!   4. auth::token    the cached token (single-flight fetch/mint)
+//!   5. forward::send  signing headers set, path and query byte for byte, bodies streamed;
+//!                     x-amzn-RateLimit-Limit adapts the bucket
+//!   6. on 403 "token expired/invalid": drop the token, get a new one, replay once
+//!   7. on Amazon's 429: slow the bucket, retry safe methods after waiting for quota
+//!   8. getReport(s) answers teach which report documents are restricted
+//!   9. Amazon's response back untouched (hop-by-hop headers aside) + x-spapi-proxy-queued-ms
 //! ```
 
 pub mod auth;

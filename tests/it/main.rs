@@ -6,5 +6,6 @@ mod support;
 mod auth;
 mod cli;
 mod forwarding;
+mod limits;
 mod restricted;
 mod shutdown;

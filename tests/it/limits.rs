@@ -1,0 +1,274 @@
+//! Rate limits against a simulator that enforces Amazon's published usage plans.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::{json, Harness};
+
+/// What a run of hammering achieved for one operation, as the simulator saw it.
+#[derive(Debug)]
+struct Achieved {
+    accepted: usize,
+    span: Duration,
+}
+
+fn achieved(h: &Harness, operation: &str) -> Achieved {
+    let accepted: Vec<Instant> = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.operation.as_deref() == Some(operation) && r.status < 300)
+        .map(|r| r.at)
+        .collect();
+    let span = match (accepted.first(), accepted.last()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    Achieved {
+        accepted: accepted.len(),
+        span,
+    }
+}
+
+/// `clients` tasks send GETs to `paths` (round robin) until `run_for` has passed; a request the
+/// proxy refuses locally (429 rate_limited) is retried after 100 ms. Returns (upstream 429s seen
+/// by clients, local refusals).
+async fn hammer(h: &Harness, paths: &[&str], clients: usize, run_for: Duration) -> (u64, u64) {
+    let upstream_429 = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + run_for;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let client = h.client.clone();
+        let url = h.url(paths[i % paths.len()]);
+        let (upstream_429, refused) = (Arc::clone(&upstream_429), Arc::clone(&refused));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let resp = client.get(&url).send().await.unwrap();
+                match (
+                    resp.status().as_u16(),
+                    resp.headers().get("x-spapi-proxy-error"),
+                ) {
+                    (429, Some(_)) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    (429, None) => {
+                        upstream_429.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (status, _) => assert!(status < 300, "{status}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(stop_at).await;
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        upstream_429.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_for_twenty_seconds_never_draw_a_429() {
+    let h = Harness::limited("").await;
+    h.sim.enforce_rate_limits(true);
+    let paths = [
+        "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER",
+        "/reports/2021-06-30/reports/50001",
+        "/orders/v0/orders/902-3159896-1390916",
+    ];
+    let (upstream_429, refused) = hammer(&h, &paths, 200, Duration::from_secs(20)).await;
+    assert_eq!(h.sim.throttled(), 0, "the simulator answered 429");
+    assert_eq!(upstream_429, 0);
+    let cases = [
+        ("catalogItems_2022-04-01.getCatalogItem", 2.0, 2.0),
+        ("reports_2021-06-30.getReport", 2.0, 15.0),
+        ("ordersV0.getOrder", 0.5, 30.0),
+    ];
+    for (op, rate, burst) in cases {
+        let a = achieved(&h, op);
+        // Amazon grants the burst at once and then `rate` per second: over the span from the
+        // first to the last accepted request that is burst + rate x span.
+        let theoretical = burst + rate * a.span.as_secs_f64();
+        let ratio = a.accepted as f64 / theoretical;
+        eprintln!(
+            "{op}: accepted {} in {:.2} s, theoretical {theoretical:.1} ({:.1} %), \
+             burst + rate x 20 s = {}; local refusals overall {refused}",
+            a.accepted,
+            a.span.as_secs_f64(),
+            ratio * 100.0,
+            burst + rate * 20.0
+        );
+        // The run covered the window: the last token of 20 s comes at most one interval early.
+        let covered = Duration::from_secs_f64(20.0 - 1.0 / rate - 0.2);
+        assert!(a.span >= covered, "{op} ran {:?}", a.span);
+        assert!(ratio >= 0.98, "{op}: {} of {theoretical:.1}", a.accepted);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_lowered_by_amazon_is_followed_within_one_response() {
+    let h = Harness::limited("").await;
+    h.sim.enforce_rate_limits(true);
+    let path = ["/reports/2021-06-30/reports/50001"];
+    let (upstream_429, _) = hammer(&h, &path, 30, Duration::from_secs(4)).await;
+    assert_eq!(upstream_429, 0);
+
+    h.sim.set_rate("getReport", 1.0);
+    let changed_at = Instant::now();
+    let (upstream_429, _) = hammer(&h, &path, 30, Duration::from_secs(5)).await;
+    assert_eq!(upstream_429, 0);
+    assert_eq!(h.sim.throttled(), 0, "the simulator answered 429");
+
+    let quota = json(h.get("/_proxy/quota").await).await;
+    let bucket = quota["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["operation"] == "reports_2021-06-30.getReport")
+        .unwrap()
+        .clone();
+    assert_eq!(bucket["rate"], 1.0);
+    assert_eq!(bucket["rate_source"], "amazon");
+    let after = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.at > changed_at + Duration::from_millis(600) && r.status < 300)
+        .count();
+    assert!(
+        after <= 6,
+        "{after} accepted in the 4.4 s after the change at 1/s"
+    );
+}
+
+#[tokio::test]
+async fn a_429_from_amazon_is_retried_only_when_safe() {
+    let h = Harness::limited("").await;
+    let item = "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER";
+    h.sim.fail_upstream(429, 1);
+    let resp = h.get(item).await;
+    assert_eq!(resp.status(), 200, "GET retried after waiting for quota");
+    let statuses: Vec<u16> = h.sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 200]);
+    let queued: u64 = resp.headers()["x-spapi-proxy-queued-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        queued >= 900,
+        "the retry waited for the slowed bucket: {queued} ms"
+    );
+
+    h.sim.fail_upstream(429, 1);
+    let resp = h
+        .client
+        .post(h.url("/reports/2021-06-30/reports"))
+        .body(r#"{"reportType":"GET_MERCHANT_LISTINGS_ALL_DATA"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "POST is never repeated");
+    assert!(
+        resp.headers().get("x-spapi-proxy-error").is_none(),
+        "Amazon's 429, untouched"
+    );
+    assert_eq!(json(resp).await["errors"][0]["code"], "QuotaExceeded");
+}
+
+#[tokio::test]
+async fn max_wait_refuses_locally_with_retry_after() {
+    let h = Harness::limited("[operations.getCatalogItem]\nrate = 2.0\nburst = 2\n").await;
+    let item = "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER";
+    for _ in 0..2 {
+        let resp = h.get(item).await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().contains_key("x-spapi-proxy-queued-ms"));
+    }
+    let resp = h
+        .client
+        .get(h.url(item))
+        .header("x-spapi-max-wait", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["x-spapi-proxy-error"], "rate_limited");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(json(resp).await["errors"][0]["code"], "QuotaExceeded");
+    assert_eq!(h.sim.requests().len(), 2, "Amazon was not called");
+
+    let resp = h.get(item).await;
+    assert_eq!(resp.status(), 200);
+    let queued: u64 = resp.headers()["x-spapi-proxy-queued-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(queued >= 300, "waited for the next token: {queued} ms");
+
+    let resp = h
+        .client
+        .get(h.url(item))
+        .header("x-spapi-max-wait", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test]
+async fn the_quota_endpoint_shows_every_active_bucket() {
+    let h = Harness::limited("").await;
+    h.get("/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER")
+        .await;
+    h.get("/no/such/api").await;
+    let quota = json(h.get("/_proxy/quota").await).await;
+    assert_eq!(quota["rate_limit"], true);
+    let buckets: HashMap<String, serde_json::Value> = quota["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["operation"].as_str().unwrap().to_string(), b.clone()))
+        .collect();
+    let item = &buckets["catalogItems_2022-04-01.getCatalogItem"];
+    assert_eq!(item["seller"], "default");
+    assert_eq!(item["rate"], 2.0);
+    assert_eq!(item["burst"], 2);
+    assert_eq!(item["waiting"], 0);
+    assert_eq!(
+        item["rate_source"], "amazon",
+        "the simulator sent x-amzn-RateLimit-Limit"
+    );
+    assert!(item["tokens_available"].as_f64().unwrap() <= 2.0);
+    let unknown = &buckets["unknown"];
+    assert_eq!(unknown["rate"], 1.0);
+    assert_eq!(unknown["burst"], 5);
+    assert_eq!(unknown["rate_source"], "default");
+}
+
+#[tokio::test]
+async fn with_rate_limit_off_the_proxy_only_forwards() {
+    let h = Harness::with_config("rate_limit = false").await;
+    for _ in 0..10 {
+        let resp = h
+            .get("/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER")
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-spapi-proxy-queued-ms"], "0");
+    }
+    let quota = json(h.get("/_proxy/quota").await).await;
+    assert_eq!(quota["rate_limit"], false);
+    assert!(quota["buckets"].as_array().unwrap().is_empty());
+}
