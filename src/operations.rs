@@ -124,9 +124,6 @@ struct Router {
     nodes: Vec<Node>,
 }
 
-/// Longest path (in segments) the matcher looks at; SP-API's longest template has 9.
-const MAX_SEGMENTS: usize = 24;
-
 impl Router {
     fn new() -> Router {
         Router {
@@ -171,18 +168,19 @@ impl Router {
     }
 
     /// Depth-first: a literal segment is tried before a `{param}`, and a dead end backtracks.
-    fn find(&self, node: usize, segs: &[&str]) -> Option<u32> {
+    /// `segs` is a cheap-to-clone iterator, so backtracking needs no allocation.
+    fn find(&self, node: usize, mut segs: std::str::Split<'_, char>) -> Option<u32> {
         let n = &self.nodes[node];
-        let Some((first, rest)) = segs.split_first() else {
+        let Some(first) = segs.next() else {
             return n.operation;
         };
         if let Ok(i) = n.literals.binary_search_by(|(s, _)| s.as_ref().cmp(first)) {
-            if let Some(op) = self.find(n.literals[i].1 as usize, rest) {
+            if let Some(op) = self.find(n.literals[i].1 as usize, segs.clone()) {
                 return Some(op);
             }
         }
         match n.param {
-            Some(p) if !first.is_empty() => self.find(p as usize, rest),
+            Some(p) if !first.is_empty() => self.find(p as usize, segs),
             _ => None,
         }
     }
@@ -300,17 +298,13 @@ impl Catalog {
     /// The operation a request is for. `path` is the request path without the query.
     pub fn find(&self, method: &Method, path: &str) -> Option<&Operation> {
         let router = &self.routers.iter().find(|(m, _)| m == method)?.1;
-        let mut segs = [""; MAX_SEGMENTS];
-        let mut n = 0;
-        for s in segments(path) {
-            if n == MAX_SEGMENTS {
-                return None;
-            }
-            segs[n] = s;
-            n += 1;
+        let p = path.strip_prefix('/').unwrap_or(path);
+        let p = p.strip_suffix('/').unwrap_or(p);
+        if p.is_empty() {
+            return None;
         }
         router
-            .find(0, &segs[..n])
+            .find(0, p.split('/'))
             .map(|i| &self.operations[i as usize])
     }
 
