@@ -172,19 +172,33 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let proxy = match Proxy::new(&config) {
+    if config.credentials.refresh_token.is_none() {
+        tracing::warn!("no refresh token configured: only grantless operations can be served");
+    }
+    let upstream = config.endpoint.clone();
+    serve_until_signal(&config, |addr| {
+        tracing::info!(%addr, %upstream, "spapi-proxy listening");
+    })
+    .await
+}
+
+/// Builds the proxy, binds, reports the address, and serves until SIGINT or SIGTERM.
+async fn serve_until_signal(config: &Config, listening: impl FnOnce(SocketAddr)) -> ExitCode {
+    let proxy = match Proxy::new(config) {
         Ok(p) => Arc::new(p),
         Err(e) => return config_error(&e),
     };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", config.listen);
+            eprintln!(
+                "error: cannot listen on {}: {e} (try --listen 127.0.0.1:0)",
+                config.listen
+            );
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map_or(config.listen, |a| a);
-    tracing::info!(%addr, upstream = %config.endpoint, "spapi-proxy listening");
+    listening(listener.local_addr().unwrap_or(config.listen));
     server::serve(
         listener,
         proxy,
@@ -217,34 +231,14 @@ async fn demo(listen: SocketAddr) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let proxy = match Proxy::new(&config) {
-        Ok(p) => Arc::new(p),
-        Err(e) => return config_error(&e),
-    };
-    let listener = match TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)");
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = listener.local_addr().map_or(listen, |a| a);
-    println!(
-        "spapi-proxy demo: the proxy on http://{addr} forwards to a local SP-API simulator at {}.",
-        simulator.url()
-    );
-    println!("Try (Ctrl-C stops both):\n");
-    println!("  curl -s 'http://{addr}/sellers/v1/marketplaceParticipations'");
-    println!("  curl -s 'http://{addr}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-11-01T00:00:00Z'");
-    println!("  curl -s 'http://{addr}/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER&includedData=summaries'");
-    println!();
-    server::serve(
-        listener,
-        proxy,
-        server::shutdown_signal(),
-        config.timeouts.shutdown_grace,
-    )
-    .await;
-    drop(simulator);
-    ExitCode::SUCCESS
+    let sim_url = simulator.url();
+    serve_until_signal(&config, |addr| {
+        println!("spapi-proxy demo: the proxy on http://{addr} forwards to a local SP-API simulator at {sim_url}.");
+        println!("Try (Ctrl-C stops both):\n");
+        println!("  curl -s 'http://{addr}/sellers/v1/marketplaceParticipations'");
+        println!("  curl -s 'http://{addr}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-11-01T00:00:00Z'");
+        println!("  curl -s 'http://{addr}/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER&includedData=summaries'");
+        println!();
+    })
+    .await
 }

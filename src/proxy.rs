@@ -10,7 +10,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::auth::{self, Auth};
 use crate::body::{full, ProxyBody};
-use crate::config::{Config, ConfigError, OperationSettings, UnknownOperations};
+use crate::config::{Config, ConfigError, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder};
 use crate::limiter::Limiter;
@@ -51,16 +51,11 @@ fn own_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 /// The proxy: everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct Proxy {
+    config: Arc<Config>,
     catalog: &'static Catalog,
     limiter: Arc<Limiter>,
     auth: Auth,
     forwarder: Forwarder,
-    replay_buffer_bytes: u64,
-    unknown_operations: UnknownOperations,
-    settings: std::collections::HashMap<usize, OperationSettings>,
-    max_wait: Duration,
-    throttle_retries: u32,
-    retry_put_patch: bool,
     /// Paths already logged as unknown, so each is logged once (bounded: a scanner must not
     /// grow it without end).
     unknown_seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -92,19 +87,15 @@ impl Proxy {
             key: "(http client)".into(),
             problem: format!("cannot build the HTTP client: {e}"),
         })?;
-        let limiter = Arc::new(Limiter::new(Arc::new(config.clone())));
+        let config = Arc::new(config.clone());
+        let limiter = Arc::new(Limiter::new(Arc::clone(&config)));
         Ok(Proxy {
             catalog: Catalog::builtin(),
-            auth: Auth::new(config, http.clone(), Arc::clone(&limiter))?,
+            auth: Auth::new(&config, http.clone(), Arc::clone(&limiter))?,
             limiter,
-            max_wait: config.max_wait,
-            throttle_retries: config.throttle_retries,
-            retry_put_patch: config.retry_put_patch,
             forwarder: Forwarder::new(http, &config.endpoint, config.timeouts.response),
-            replay_buffer_bytes: config.replay_buffer_bytes,
-            unknown_operations: config.unknown_operations,
-            settings: config.operations.clone(),
             unknown_seen: Default::default(),
+            config,
         })
     }
 
@@ -161,11 +152,10 @@ impl Proxy {
             self.unknown_request(req.method(), req.uri().path())?;
         }
         let (parts, body) = req.into_parts();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_string())
-            .ok_or_else(|| ProxyError::BadRequest("the request has no path".into()))?;
+        if parts.uri.path_and_query().is_none() {
+            // CONNECT's authority form: nothing an SP-API call looks like.
+            return Err(ProxyError::BadRequest("the request has no path".into()));
+        }
         let path = parts.uri.path();
 
         // 1. Which token: decided before any I/O, so a request we refuse costs no token call.
@@ -173,7 +163,7 @@ impl Proxy {
             op,
             path,
             own_header(&parts.headers, auth::DATA_ELEMENTS_HEADER)?,
-            op.and_then(|o| self.settings.get(&o.index))
+            op.and_then(|o| self.config.operations.get(&o.index))
                 .and_then(|s| s.data_elements.as_deref()),
         )?;
         let restricted = match own_header(&parts.headers, auth::RESTRICTED_HEADER)? {
@@ -189,10 +179,10 @@ impl Proxy {
         };
 
         let max_wait = match own_header(&parts.headers, MAX_WAIT_HEADER)? {
-            None => self.max_wait,
+            None => self.config.max_wait,
             Some(v) => match v.trim().parse::<f64>() {
                 Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-                    self.max_wait.min(Duration::from_secs_f64(secs))
+                    self.config.max_wait.min(Duration::from_secs_f64(secs))
                 }
                 _ => {
                     return Err(ProxyError::BadRequest(format!(
@@ -213,16 +203,7 @@ impl Proxy {
         let mut chosen = self.auth.token(&plan, restricted).await?;
 
         // 5. Forward.
-        let mut upstream = self
-            .send(
-                &parts.method,
-                &path_and_query,
-                &parts.headers,
-                &mut body,
-                &chosen.token,
-            )
-            .await?;
-        self.observe_rate(op, &upstream);
+        let mut upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
 
         // 6. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
         if upstream.status() == StatusCode::FORBIDDEN && body.replayable() {
@@ -232,16 +213,7 @@ impl Proxy {
                 self.auth.reject(&chosen);
                 chosen = self.auth.token(&plan, restricted).await?;
                 queued += self.limiter.acquire(op, remaining(deadline)).await?;
-                upstream = self
-                    .send(
-                        &parts.method,
-                        &path_and_query,
-                        &parts.headers,
-                        &mut body,
-                        &chosen.token,
-                    )
-                    .await?;
-                self.observe_rate(op, &upstream);
+                upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
             }
         }
 
@@ -250,7 +222,7 @@ impl Proxy {
         let mut retries = 0;
         while upstream.status() == StatusCode::TOO_MANY_REQUESTS
             && self.limiter.enabled()
-            && retries < self.throttle_retries
+            && retries < self.config.throttle_retries
             && self.safe_to_repeat(&parts.method)
             && body.replayable()
         {
@@ -261,16 +233,7 @@ impl Proxy {
             queued += waited;
             retries += 1;
             tracing::info!(path = %path, retries, "Amazon answered 429; retrying after waiting for quota");
-            upstream = self
-                .send(
-                    &parts.method,
-                    &path_and_query,
-                    &parts.headers,
-                    &mut body,
-                    &chosen.token,
-                )
-                .await?;
-            self.observe_rate(op, &upstream);
+            upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
         }
 
         // 8. getReport/getReports answers say which report documents are restricted.
@@ -290,28 +253,17 @@ impl Proxy {
         Ok(response)
     }
 
-    fn observe_rate(&self, op: Option<&Operation>, upstream: &Upstream) {
-        let rate = upstream
-            .headers()
-            .get(RATE_LIMIT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if let Some(rate) = rate {
-            self.limiter.observe_rate(op, rate);
-        }
-    }
-
     /// GET, HEAD and DELETE may be repeated; PUT and PATCH only if configured; POST never.
     fn safe_to_repeat(&self, method: &Method) -> bool {
         match *method {
             Method::GET | Method::HEAD | Method::DELETE => true,
-            Method::PUT | Method::PATCH => self.retry_put_patch,
+            Method::PUT | Method::PATCH => self.config.retry_put_patch,
             _ => false,
         }
     }
 
     fn unknown_request(&self, method: &Method, path: &str) -> Result<(), ProxyError> {
-        if self.unknown_operations == UnknownOperations::Reject {
+        if self.config.unknown_operations == UnknownOperations::Reject {
             return Err(ProxyError::NoRoute {
                 method: method.to_string(),
                 path: path.to_string(),
@@ -325,19 +277,28 @@ impl Proxy {
         Ok(())
     }
 
+    /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket.
     async fn send(
         &self,
-        method: &Method,
-        path_and_query: &str,
-        inbound: &HeaderMap,
+        op: Option<&Operation>,
+        parts: &http::request::Parts,
         body: &mut RequestBody,
         token: &Secret,
     ) -> Result<Upstream, ProxyError> {
-        let headers = forward::upstream_headers(inbound, token, SystemTime::now());
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let headers = forward::upstream_headers(&parts.headers, token, SystemTime::now());
         let resp = self
             .forwarder
-            .send(method.clone(), path_and_query, headers, body.take())
+            .send(parts.method.clone(), path_and_query, headers, body.take())
             .await?;
+        let rate = resp
+            .headers()
+            .get(RATE_LIMIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if let Some(rate) = rate {
+            self.limiter.observe_rate(op, rate);
+        }
         Ok(Upstream::Streaming(resp))
     }
 
@@ -350,9 +311,9 @@ impl Proxy {
         let small = body
             .size_hint()
             .exact()
-            .is_some_and(|n| n <= self.replay_buffer_bytes);
+            .is_some_and(|n| n <= self.config.replay_buffer_bytes);
         if body.is_end_stream() || (small && !chunked) {
-            let limit = self.replay_buffer_bytes as usize;
+            let limit = self.config.replay_buffer_bytes as usize;
             let bytes = Limited::new(body, limit)
                 .collect()
                 .await
@@ -420,13 +381,6 @@ impl Upstream {
         match self {
             Upstream::Streaming(r) => r.status(),
             Upstream::Read { status, .. } => *status,
-        }
-    }
-
-    fn headers(&self) -> &HeaderMap {
-        match self {
-            Upstream::Streaming(r) => r.headers(),
-            Upstream::Read { headers, .. } => headers,
         }
     }
 

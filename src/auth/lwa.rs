@@ -111,18 +111,7 @@ impl LwaClient {
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
             .body(form);
-        let call = async {
-            let resp = request.send().await?;
-            let status = resp.status();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
-        };
-        let (status, body) = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => return Err(TokenError::Timeout),
-            Ok(Err(e)) if e.is_timeout() => return Err(TokenError::Timeout),
-            Ok(Err(e)) => return Err(TokenError::Unavailable(format!("LWA: {e}"))),
-            Ok(Ok(r)) => r,
-        };
+        let (status, body) = super::call_token_service(request, self.timeout, "LWA").await?;
         self.parse(status, &body)
     }
 

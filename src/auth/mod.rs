@@ -55,6 +55,27 @@ pub struct Auth {
     reports: ReportTypes,
 }
 
+/// Sends a request to a token service (LWA or the Tokens API) and reads the answer whole,
+/// within `timeout`. Token answers are small, and the whole answer is needed to parse it.
+pub(crate) async fn call_token_service(
+    request: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+    service: &str,
+) -> Result<(http::StatusCode, bytes::Bytes), TokenError> {
+    let call = async {
+        let resp = request.send().await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(TokenError::Timeout),
+        Ok(Err(e)) if e.is_timeout() => Err(TokenError::Timeout),
+        Ok(Err(e)) => Err(TokenError::Unavailable(format!("{service}: {e}"))),
+        Ok(Ok(answer)) => Ok(answer),
+    }
+}
+
 /// SP-API's answer to an expired or unknown token: 403 `Unauthorized` whose message says the
 /// security token is expired or invalid. A 403 for a missing role says "Access to requested
 /// resource is denied" and must not trigger a refresh.

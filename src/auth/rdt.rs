@@ -146,22 +146,9 @@ impl Minter {
             .header(http::header::USER_AGENT, PROXY_USER_AGENT)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
-        let call = async {
-            let resp = request.send().await?;
-            let status = resp.status();
-            let bytes = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
-        };
-        let (status, bytes) = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => return Err(MintError::Token(TokenError::Timeout)),
-            Ok(Err(e)) if e.is_timeout() => return Err(MintError::Token(TokenError::Timeout)),
-            Ok(Err(e)) => {
-                return Err(MintError::Token(TokenError::Unavailable(format!(
-                    "Tokens API: {e}"
-                ))))
-            }
-            Ok(Ok(r)) => r,
-        };
+        let (status, bytes) = super::call_token_service(request, self.timeout, "Tokens API")
+            .await
+            .map_err(MintError::Token)?;
         if status.is_success() {
             let answer: RdtAnswer = serde_json::from_slice(&bytes).map_err(|e| {
                 MintError::Token(TokenError::Unavailable(format!(
