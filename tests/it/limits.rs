@@ -272,3 +272,37 @@ async fn with_rate_limit_off_the_proxy_only_forwards() {
     assert_eq!(quota["rate_limit"], false);
     assert!(quota["buckets"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_queued_leaves_the_queue() {
+    let h = Harness::limited("[operations.getCatalogItem]\nrate = 0.2\nburst = 1\n").await;
+    let item = "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER";
+    assert_eq!(h.get(item).await.status(), 200);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(
+        impatient.get(h.url(item)).send().await.is_err(),
+        "gave up while queued"
+    );
+    drop(impatient);
+    let waiting = |q: &serde_json::Value| q["buckets"][0]["waiting"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let quota = json(h.get("/_proxy/quota").await).await;
+        if waiting(&quota) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still queued: {quota}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its token was not used: the next request gets the token the bucket refills first.
+    let resp = h.get(item).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        h.sim.requests().len(),
+        2,
+        "the abandoned request never reached Amazon"
+    );
+}
