@@ -37,6 +37,19 @@ fn lists_report_documents(op: &Operation) -> bool {
     op.api.starts_with("reports_") && matches!(op.id.as_str(), "getReport" | "getReports")
 }
 
+/// `x-spapi-restricted: true|false`, which forces the token for an unseen report document.
+fn restricted_header(headers: &HeaderMap) -> Result<Option<bool>, ProxyError> {
+    match own_header(headers, auth::RESTRICTED_HEADER)? {
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(v) => Err(ProxyError::BadRequest(format!(
+            "{}: `{v}` is neither true nor false",
+            auth::RESTRICTED_HEADER
+        ))),
+    }
+}
+
 /// One of the proxy's own `x-spapi-*` request headers, as text.
 fn own_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
     headers
@@ -166,31 +179,8 @@ impl Proxy {
             op.and_then(|o| self.config.operations.get(&o.index))
                 .and_then(|s| s.data_elements.as_deref()),
         )?;
-        let restricted = match own_header(&parts.headers, auth::RESTRICTED_HEADER)? {
-            None => None,
-            Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
-            Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
-            Some(v) => {
-                return Err(ProxyError::BadRequest(format!(
-                    "{}: `{v}` is neither true nor false",
-                    auth::RESTRICTED_HEADER
-                )))
-            }
-        };
-
-        let max_wait = match own_header(&parts.headers, MAX_WAIT_HEADER)? {
-            None => self.config.max_wait,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-                    self.config.max_wait.min(Duration::from_secs_f64(secs))
-                }
-                _ => {
-                    return Err(ProxyError::BadRequest(format!(
-                        "{MAX_WAIT_HEADER}: `{v}` is not a number of seconds"
-                    )))
-                }
-            },
-        };
+        let restricted = restricted_header(&parts.headers)?;
+        let max_wait = self.max_wait(&parts.headers)?;
         let deadline = Instant::now() + max_wait;
 
         // 2. Hold small bodies so that a request can be replayed once with a fresh token.
@@ -251,6 +241,21 @@ impl Proxy {
             http::HeaderValue::from(queued.as_millis() as u64),
         );
         Ok(response)
+    }
+
+    /// `max_wait`, shortened (never lengthened) by the request's `x-spapi-max-wait`.
+    fn max_wait(&self, headers: &HeaderMap) -> Result<Duration, ProxyError> {
+        let Some(v) = own_header(headers, MAX_WAIT_HEADER)? else {
+            return Ok(self.config.max_wait);
+        };
+        match v.trim().parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                Ok(self.config.max_wait.min(Duration::from_secs_f64(secs)))
+            }
+            _ => Err(ProxyError::BadRequest(format!(
+                "{MAX_WAIT_HEADER}: `{v}` is not a number of seconds"
+            ))),
+        }
     }
 
     /// GET, HEAD and DELETE may be repeated; PUT and PATCH only if configured; POST never.
