@@ -374,6 +374,14 @@ impl Limiter {
     }
 }
 
+/// The rate in Amazon's `x-amzn-RateLimit-Limit` header (requests per second), if any.
+pub fn rate_header(headers: &http::HeaderMap) -> Option<f64> {
+    headers
+        .get("x-amzn-ratelimit-limit")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
 /// `createRestrictedDataToken`, whose bucket RDT mints share with clients calling it directly.
 pub fn mint_operation() -> Option<&'static Operation> {
     Catalog::builtin().by_qualified("tokens_2021-03-01", "createRestrictedDataToken")

@@ -13,7 +13,7 @@ use crate::body::{full, ProxyBody};
 use crate::config::{Config, ConfigError, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder};
-use crate::limiter::Limiter;
+use crate::limiter::{self, Limiter};
 use crate::operations::{Catalog, Operation};
 use crate::secret::Secret;
 
@@ -25,9 +25,6 @@ pub const MAX_WAIT_HEADER: &str = "x-spapi-max-wait";
 
 /// Response header: how long the request waited for quota, in milliseconds.
 pub const QUEUED_MS_HEADER: &str = "x-spapi-proxy-queued-ms";
-
-/// Amazon's report of the rate it applies to this operation for this seller.
-const RATE_LIMIT_HEADER: &str = "x-amzn-ratelimit-limit";
 
 /// getReport/getReports answers up to this size are read to learn report document types.
 const MAX_LEARNED_BODY: u64 = 4 * 1024 * 1024;
@@ -296,12 +293,7 @@ impl Proxy {
             .forwarder
             .send(parts.method.clone(), path_and_query, headers, body.take())
             .await?;
-        let rate = resp
-            .headers()
-            .get(RATE_LIMIT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if let Some(rate) = rate {
+        if let Some(rate) = limiter::rate_header(resp.headers()) {
             self.limiter.observe_rate(op, rate);
         }
         Ok(Upstream::Streaming(resp))

@@ -177,6 +177,7 @@ struct State {
     lwa_calls: AtomicU64,
     client_credentials_scopes: Mutex<Vec<String>>,
     mints: Mutex<Vec<Resource>>,
+    target_applications: Mutex<Vec<Option<String>>>,
     buckets: Mutex<HashMap<usize, SimBucket>>,
     throttled: AtomicU64,
     token_rejections: AtomicU64,
@@ -230,6 +231,7 @@ impl Simulator {
             lwa_calls: AtomicU64::new(0),
             client_credentials_scopes: Mutex::new(Vec::new()),
             mints: Mutex::new(Vec::new()),
+            target_applications: Mutex::new(Vec::new()),
             buckets: Mutex::new(HashMap::new()),
             throttled: AtomicU64::new(0),
             token_rejections: AtomicU64::new(0),
@@ -344,6 +346,11 @@ impl Simulator {
     /// Every restricted resource an RDT was minted for, in order.
     pub fn rdt_mints(&self) -> Vec<Resource> {
         lock(&self.state.mints).clone()
+    }
+
+    /// The `targetApplication` of every mint, in order (`None` when absent).
+    pub fn rdt_target_applications(&self) -> Vec<Option<String>> {
+        lock(&self.state.target_applications).clone()
     }
 
     /// The scope of every client_credentials grant LWA answered, in order.
@@ -958,6 +965,7 @@ fn mint(state: &State, body: Option<&[u8]>) -> Response<ProxyBody> {
         });
     }
     lock(&state.mints).extend(resources.iter().cloned());
+    lock(&state.target_applications).push(v["targetApplication"].as_str().map(String::from));
     let n = state.counter.fetch_add(1, Ordering::SeqCst);
     let token = format!("Atz.sprdt|sim-{n}-{:x}", pseudo_random(n));
     lock(&state.tokens).insert(

@@ -111,7 +111,7 @@ impl LwaClient {
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
             .body(form);
-        let (status, body) = super::call_token_service(request, self.timeout, "LWA").await?;
+        let (status, _, body) = super::call_token_service(request, self.timeout, "LWA").await?;
         self.parse(status, &body)
     }
 

@@ -61,12 +61,13 @@ pub(crate) async fn call_token_service(
     request: reqwest::RequestBuilder,
     timeout: std::time::Duration,
     service: &str,
-) -> Result<(http::StatusCode, bytes::Bytes), TokenError> {
+) -> Result<(http::StatusCode, http::HeaderMap, bytes::Bytes), TokenError> {
     let call = async {
         let resp = request.send().await?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp.bytes().await?;
-        Ok::<_, reqwest::Error>((status, body))
+        Ok::<_, reqwest::Error>((status, headers, body))
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(TokenError::Timeout),

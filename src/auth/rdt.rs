@@ -146,9 +146,13 @@ impl Minter {
             .header(http::header::USER_AGENT, PROXY_USER_AGENT)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
-        let (status, bytes) = super::call_token_service(request, self.timeout, "Tokens API")
-            .await
-            .map_err(MintError::Token)?;
+        let (status, headers, bytes) =
+            super::call_token_service(request, self.timeout, "Tokens API")
+                .await
+                .map_err(MintError::Token)?;
+        if let Some(rate) = limiter::rate_header(&headers) {
+            self.limiter.observe_rate(limiter::mint_operation(), rate);
+        }
         if status.is_success() {
             let answer: RdtAnswer = serde_json::from_slice(&bytes).map_err(|e| {
                 MintError::Token(TokenError::Unavailable(format!(

@@ -292,3 +292,34 @@ async fn rdts_are_minted_where_rdt_endpoint_points() {
         .unwrap();
     assert!(sent.header_values("x-amz-access-token")[0].starts_with("Atz.sprdt|"));
 }
+
+#[tokio::test]
+async fn target_application_is_sent_when_configured() {
+    let h = Harness::with_config("target_application = \"amzn1.sellerapps.app.delegate\"").await;
+    assert_eq!(h.get("/orders/v0/orders/1-2-3/address").await.status(), 200);
+    let h2 = Harness::start().await;
+    assert_eq!(
+        h2.get("/orders/v0/orders/1-2-3/address").await.status(),
+        200
+    );
+    assert_eq!(
+        h.sim.rdt_target_applications(),
+        [Some("amzn1.sellerapps.app.delegate".to_string())]
+    );
+    assert_eq!(h2.sim.rdt_target_applications(), [None]);
+}
+
+#[tokio::test]
+async fn restricted_report_types_are_configurable() {
+    // Declaring the listings report restricted makes its documents need an RDT.
+    let h = Harness::with_config("restricted_report_types = [\"GET_MERCHANT_LISTINGS_ALL_DATA\"]")
+        .await;
+    assert_eq!(
+        h.get("/reports/2021-06-30/reports/50001").await.status(),
+        200
+    );
+    let doc = "/reports/2021-06-30/documents/amzn1.spdoc.1.4.na.50001";
+    assert_eq!(h.get(doc).await.status(), 200);
+    assert_eq!(h.sim.rdt_mints().len(), 1);
+    assert_eq!(h.sim.rdt_mints()[0].path, doc);
+}
