@@ -203,6 +203,14 @@ impl Bucket {
     }
 }
 
+/// The proxy's own 429: when to retry, rounded up to whole seconds, and why.
+fn refuse(wait: Duration, reason: String) -> ProxyError {
+    ProxyError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        reason,
+    }
+}
+
 /// Every bucket, created on first use.
 pub struct Limiter {
     config: Arc<Config>,
@@ -246,24 +254,16 @@ impl Limiter {
         }))
     }
 
-    /// Waits for a token for `op` (FIFO per bucket) for at most `max_wait`; returns how long
-    /// the request waited. Past `max_wait`, or with the queue full, the request is refused at
-    /// once with the time after which a retry may succeed.
-    pub async fn acquire(
-        &self,
-        op: Option<&Operation>,
-        max_wait: Duration,
-    ) -> Result<Duration, ProxyError> {
+    /// Refuses at once, waiting for nothing, when `op`'s queue is full or its wait would pass
+    /// `max_wait`; lets the caller skip work (a token call) for a request that would be refused.
+    pub fn precheck(&self, op: Option<&Operation>, max_wait: Duration) -> Result<(), ProxyError> {
         if !self.enabled() {
-            return Ok(Duration::ZERO);
+            return Ok(());
         }
-        let bucket = self.bucket(op);
-        let started = Instant::now();
-        let deadline = started + max_wait;
-        let refuse = |wait: Duration, reason: String| ProxyError::RateLimited {
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-            reason,
-        };
+        self.refuse_early(&self.bucket(op), max_wait)
+    }
+
+    fn refuse_early(&self, bucket: &Bucket, max_wait: Duration) -> Result<(), ProxyError> {
         let ahead = bucket.waiting.load(Ordering::SeqCst);
         if ahead >= self.config.max_queue {
             return Err(refuse(
@@ -283,6 +283,24 @@ impl Limiter {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Waits for a token for `op` (FIFO per bucket) for at most `max_wait`; returns how long
+    /// the request waited. Past `max_wait`, or with the queue full, the request is refused at
+    /// once with the time after which a retry may succeed.
+    pub async fn acquire(
+        &self,
+        op: Option<&Operation>,
+        max_wait: Duration,
+    ) -> Result<Duration, ProxyError> {
+        if !self.enabled() {
+            return Ok(Duration::ZERO);
+        }
+        let bucket = self.bucket(op);
+        let started = Instant::now();
+        let deadline = started + max_wait;
+        self.refuse_early(&bucket, max_wait)?;
         let _place = Place::take(&bucket.waiting);
         let Ok(head) = tokio::time::timeout_at(deadline, bucket.queue.lock()).await else {
             return Err(refuse(
@@ -304,6 +322,7 @@ impl Limiter {
                     return Ok(started.elapsed());
                 }
                 Err(next) if next > deadline => {
+                    drop(head);
                     return Err(refuse(
                         next - Instant::now(),
                         format!(

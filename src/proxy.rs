@@ -183,16 +183,27 @@ impl Proxy {
         // 2. Hold small bodies so that a request can be replayed once with a fresh token.
         let mut body = self.read_body(body, &parts.headers).await?;
 
-        // 3. Quota: wait for this operation's bucket, or refuse without calling Amazon.
-        let mut queued = self.limiter.acquire(op, max_wait).await?;
+        // 3. Quota, first look: a full queue or a wait past max_wait is refused now, before
+        //    any token call.
+        self.limiter.precheck(op, max_wait)?;
 
-        // 4. The token: LWA, grantless or RDT, cached.
+        // 4. The token (LWA, grantless or RDT), before queueing: a cold cache is filled now,
+        //    not between our turn and the send. Amazon's bucket starts refilling when our
+        //    first request arrives, so that request must not be late.
         let mut chosen = self.auth.token(&plan, restricted).await?;
 
-        // 5. Forward.
+        // 5. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
+        let mut queued = self.limiter.acquire(op, remaining(deadline)).await?;
+        if !queued.is_zero() {
+            // A long wait may have aged the token: ask again (a cache hit unless it was
+            // refreshed meanwhile).
+            chosen = self.auth.token(&plan, restricted).await?;
+        }
+
+        // 6. Forward.
         let mut upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
 
-        // 6. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
+        // 7. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
         if upstream.status() == StatusCode::FORBIDDEN && body.replayable() {
             upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
             if upstream.says_token_rejected() {
@@ -204,7 +215,7 @@ impl Proxy {
             }
         }
 
-        // 7. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
+        // 8. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
         //    and retry requests that are safe to repeat, within the same max wait.
         let mut retries = 0;
         while upstream.status() == StatusCode::TOO_MANY_REQUESTS
@@ -223,7 +234,7 @@ impl Proxy {
             upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
         }
 
-        // 8. getReport/getReports answers say which report documents are restricted.
+        // 9. getReport/getReports answers say which report documents are restricted.
         if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
             upstream = upstream.read_whole(MAX_LEARNED_BODY).await?;
             if let Upstream::Read { body, .. } = &upstream {
@@ -231,7 +242,7 @@ impl Proxy {
             }
         }
 
-        // 9. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
+        // 10. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
         let mut response = upstream.into_response();
         response.headers_mut().insert(
             QUEUED_MS_HEADER,
