@@ -34,6 +34,12 @@ pub const RESTRICTED_REPORT_TYPES: [&str; 16] = [
     "SC_VAT_TAX_REPORT",
 ];
 
+/// In the sandbox every operation shares one limit ("Selling Partner API Sandbox" docs).
+pub const SANDBOX_QUOTA: Quota = Quota {
+    rate: 5.0,
+    burst: 15,
+};
+
 /// The listen address when nothing else is said.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -238,6 +244,8 @@ pub enum QuotaSource {
     Config,
     /// `default_rate`/`default_burst`: no published plan, or an unknown operation.
     Default,
+    /// The sandbox's one limit shared by every operation.
+    Sandbox,
 }
 
 impl QuotaSource {
@@ -247,6 +255,7 @@ impl QuotaSource {
             QuotaSource::Catalog => "catalog",
             QuotaSource::Config => "config",
             QuotaSource::Default => "default",
+            QuotaSource::Sandbox => "sandbox",
         }
     }
 }
@@ -761,6 +770,9 @@ impl Config {
 
     /// The bucket shape for `op` (or for unknown requests), and where it came from.
     pub fn quota(&self, op: Option<&Operation>) -> (Quota, QuotaSource) {
+        if self.sandbox {
+            return (SANDBOX_QUOTA, QuotaSource::Sandbox);
+        }
         let Some(op) = op else {
             return (self.default_quota, QuotaSource::Default);
         };
@@ -1096,6 +1108,15 @@ refresh_token = "Atzr|file-refresh"
             &[("SPAPI_RATE_LIMIT", "on")],
         );
         assert!(on.unwrap().rate_limit, "the environment wins");
+    }
+
+    #[test]
+    fn the_sandbox_shares_one_limit() {
+        let c = parse_with(CREDS, &[("SPAPI_SANDBOX", "true")]).unwrap();
+        let cat = Catalog::builtin();
+        for op in [cat.by_qualified("ordersV0", "getOrders"), None] {
+            assert_eq!(c.quota(op), (SANDBOX_QUOTA, QuotaSource::Sandbox));
+        }
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
         (QuotaSource::Catalog, _) => "published in Amazon's model",
         (QuotaSource::Config, _) => "from [operations] in the config",
         (QuotaSource::Default, Some(_)) => "no published plan: default_rate/default_burst",
+        (QuotaSource::Sandbox, _) => "the sandbox: one limit shared by every operation",
         (QuotaSource::Default, None) => {
             "one bucket shared by all unknown requests: default_rate/default_burst"
         }

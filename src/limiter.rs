@@ -241,11 +241,18 @@ impl Limiter {
 
     fn bucket(&self, op: Option<&Operation>) -> Arc<Bucket> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        // In the sandbox every operation shares one limit, so they share one bucket too.
+        let op = op.filter(|_| !self.config.sandbox);
         let key = op.map(|o| o.index);
         Arc::clone(buckets.entry(key).or_insert_with(|| {
             let (quota, source) = self.config.quota(op);
+            let label = match op {
+                Some(o) => o.qualified(),
+                None if self.config.sandbox => "sandbox".into(),
+                None => "unknown".into(),
+            };
             Arc::new(Bucket::new(
-                op.map_or_else(|| "unknown".into(), Operation::qualified),
+                label,
                 op.map_or_else(String::new, |o| o.api.clone()),
                 quota.rate,
                 quota.burst,
@@ -344,7 +351,8 @@ impl Limiter {
 
     /// Amazon reported the rate it applies to `op` for this seller.
     pub fn observe_rate(&self, op: Option<&Operation>, rate: f64) {
-        if self.enabled() && rate.is_finite() && rate > 0.0 {
+        // The sandbox's shared limit is not the per-operation rate its answers may report.
+        if self.enabled() && !self.config.sandbox && rate.is_finite() && rate > 0.0 {
             self.bucket(op).set_rate(rate, RateSource::Amazon);
         }
     }
@@ -583,6 +591,34 @@ mod tests {
         let started = Instant::now();
         l.acquire(item, Duration::from_secs(60)).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(990));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sandbox_has_one_bucket_for_everything() {
+        let config = Config::from_toml_str("sandbox = true", "t", &|_| None).unwrap();
+        let l = Limiter::new(Arc::new(config));
+        for (i, id) in ["getOrders", "getCatalogItem", "getReport"]
+            .iter()
+            .cycle()
+            .take(15)
+            .enumerate()
+        {
+            let waited = l.acquire(op(id), Duration::from_secs(60)).await.unwrap();
+            assert!(waited <= PACING_MARGIN, "request {i}: {waited:?}");
+        }
+        let waited = l
+            .acquire(op("getFeed"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            waited >= Duration::from_millis(180),
+            "the 16th waits for 1/5 s: {waited:?}"
+        );
+        l.observe_rate(op("getOrders"), 0.0167);
+        let snapshot = l.snapshot();
+        assert_eq!(snapshot["buckets"].as_array().unwrap().len(), 1);
+        assert_eq!(snapshot["buckets"][0]["operation"], "sandbox");
+        assert_eq!(snapshot["buckets"][0]["rate"], 5.0);
     }
 
     #[tokio::test]
