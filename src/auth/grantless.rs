@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::lwa::{Grant, LwaClient, TokenCache};
+use super::cache::TokenCache;
+use super::lwa::{self, Grant, LwaClient};
 use crate::error::TokenError;
 use crate::secret::Secret;
 
@@ -28,7 +29,7 @@ impl Grantless {
         scopes
             .entry(scope.to_string())
             .or_insert_with(|| {
-                TokenCache::lwa(
+                lwa::cache(
                     Arc::clone(&self.client),
                     Grant::ClientCredentials {
                         scope: scope.to_string(),

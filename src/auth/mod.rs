@@ -1,9 +1,12 @@
 //! Token choice: which token a request carries, and where it comes from.
 //!
-//! - [`lwa`]: LWA access tokens and the single-flight [`lwa::TokenCache`] every token uses.
+//! - [`cache`]: [`cache::TokenCache`], one token refreshed ahead and fetched single-flight;
+//!   every token below lives in one.
+//! - [`lwa`]: LWA access tokens (refresh_token and client_credentials grants).
 //! - [`rdt`]: Restricted Data Tokens, cached per restricted resource.
 //! - [`grantless`]: client_credentials tokens, cached per scope.
 
+pub mod cache;
 pub mod grantless;
 pub mod lwa;
 pub mod rdt;
@@ -16,8 +19,9 @@ use crate::limiter::Limiter;
 use crate::operations::{AuthKind, Operation};
 use crate::secret::Secret;
 
+use cache::TokenCache;
 use grantless::Grantless;
-use lwa::{Grant, LwaClient, TokenCache};
+use lwa::{Grant, LwaClient};
 use rdt::{Minter, RdtCache, RdtResource, ReportTypes};
 
 /// The scope `/_proxy/ready` checks when there is no refresh token.
@@ -110,7 +114,7 @@ impl Auth {
         let seller = c
             .refresh_token
             .as_ref()
-            .map(|rt| TokenCache::lwa(Arc::clone(&client), Grant::RefreshToken(rt.clone())));
+            .map(|rt| lwa::cache(Arc::clone(&client), Grant::RefreshToken(rt.clone())));
         let rdt = seller.as_ref().map(|seller| {
             RdtCache::new(Minter::new(
                 http,

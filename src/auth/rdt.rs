@@ -9,7 +9,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::lwa::{FreshToken, TokenCache};
+use super::cache::{FreshToken, TokenCache};
 use crate::error::TokenError;
 use crate::forward::{self, PROXY_USER_AGENT};
 use crate::limiter::{self, Limiter};
