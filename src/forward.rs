@@ -45,6 +45,10 @@ const REPLACED: [&str; 5] = [
     "user-agent",
 ];
 
+/// `expect: 100-continue` was answered by our server when it read the body; the upstream
+/// request is sent whole, so passing it on would only make Amazon send a stray 100.
+const ANSWERED_HERE: [&str; 1] = ["expect"];
+
 /// The proxy's own request headers (`x-spapi-*`) steer the proxy and are never forwarded.
 pub const OWN_HEADER_PREFIX: &str = "x-spapi-";
 
@@ -69,8 +73,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn upstream_headers(inbound: &HeaderMap, token: &Secret, now: SystemTime) -> HeaderMap {
     let mut headers = inbound.clone();
     strip_hop_by_hop(&mut headers);
-    for name in REPLACED {
-        headers.remove(name);
+    for name in REPLACED.iter().chain(&ANSWERED_HERE) {
+        headers.remove(*name);
     }
     let own: Vec<HeaderName> = headers
         .keys()
@@ -266,6 +270,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
             ("x-spapi-data-elements", "buyerInfo"),
+            ("expect", "100-continue"),
             ("accept", "application/json"),
             ("x-custom", "a"),
             ("x-custom", "b"),
@@ -291,6 +296,7 @@ mod tests {
             "keep-alive",
             "transfer-encoding",
             "x-spapi-data-elements",
+            "expect",
         ] {
             assert!(out.get(gone).is_none(), "{gone} was forwarded");
         }
