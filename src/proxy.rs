@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
+use tracing::Instrument;
 
 use crate::auth::{self, Auth};
 use crate::body::{full, ProxyBody};
@@ -120,10 +121,17 @@ impl Proxy {
         } else {
             self.catalog.find(&method, &path)
         };
+        // Everything logged while the request runs (token fetches, mints, waits) carries these.
+        let span = tracing::info_span!(
+            "request",
+            %method,
+            %path,
+            op = op.map_or("-", |o| o.id.as_str())
+        );
         let result = if own {
-            self.own_endpoint(&method, &path).await
+            self.own_endpoint(&method, &path).instrument(span).await
         } else {
-            self.proxy(req, op).await
+            self.proxy(req, op).instrument(span).await
         };
         let response = match result {
             Ok(r) => r,

@@ -29,6 +29,9 @@ use crate::operations::{Catalog, Operation};
 
 /// The path of the simulated LWA token endpoint.
 pub const TOKEN_PATH: &str = "/auth/o2/token";
+/// Requests remembered for [`Simulator::requests`]; the oldest half goes when it is reached.
+const MAX_RECORDED: usize = 200_000;
+
 /// The demo credentials the simulator accepts by default.
 pub const SIM_CLIENT_ID: &str = "amzn1.application-oa2-client.simulator";
 /// The demo client secret.
@@ -669,7 +672,12 @@ async fn spapi(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
         HeaderValue::from_str(&format!("sim-{n:08x}-{:04x}", pseudo_random(n) & 0xffff))
             .expect("hex"),
     );
-    lock(&state.requests).push(Recorded {
+    let mut requests = lock(&state.requests);
+    if requests.len() >= MAX_RECORDED {
+        // A long demo must not grow without end; tests stay far below this.
+        requests.drain(..MAX_RECORDED / 2);
+    }
+    requests.push(Recorded {
         method,
         path_and_query,
         headers,
