@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{json, Harness};
+use crate::support::{json, queued_ms, Harness};
 
 /// What a run of hammering achieved for one operation, as the simulator saw it.
 #[derive(Debug)]
@@ -161,11 +161,7 @@ async fn a_429_from_amazon_is_retried_only_when_safe() {
     assert_eq!(resp.status(), 200, "GET retried after waiting for quota");
     let statuses: Vec<u16> = h.sim.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [429, 200]);
-    let queued: u64 = resp.headers()["x-spapi-proxy-queued-ms"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let queued = queued_ms(&resp);
     assert!(
         queued >= 900,
         "the retry waited for the slowed bucket: {queued} ms"
@@ -196,13 +192,7 @@ async fn max_wait_refuses_locally_with_retry_after() {
         assert_eq!(resp.status(), 200);
         assert!(resp.headers().contains_key("x-spapi-proxy-queued-ms"));
     }
-    let resp = h
-        .client
-        .get(h.url(item))
-        .header("x-spapi-max-wait", "0")
-        .send()
-        .await
-        .unwrap();
+    let resp = h.get_with(item, "x-spapi-max-wait", "0").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["x-spapi-proxy-error"], "rate_limited");
     assert_eq!(resp.headers()["retry-after"], "1");
@@ -211,20 +201,10 @@ async fn max_wait_refuses_locally_with_retry_after() {
 
     let resp = h.get(item).await;
     assert_eq!(resp.status(), 200);
-    let queued: u64 = resp.headers()["x-spapi-proxy-queued-ms"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let queued = queued_ms(&resp);
     assert!(queued >= 300, "waited for the next token: {queued} ms");
 
-    let resp = h
-        .client
-        .get(h.url(item))
-        .header("x-spapi-max-wait", "soon")
-        .send()
-        .await
-        .unwrap();
+    let resp = h.get_with(item, "x-spapi-max-wait", "soon").await;
     assert_eq!(resp.status(), 400);
 }
 

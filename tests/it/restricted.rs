@@ -86,12 +86,12 @@ async fn each_data_elements_set_gets_its_own_rdt() {
 async fn data_elements_an_operation_does_not_accept_are_a_400() {
     let h = Harness::start().await;
     let resp = h
-        .client
-        .get(h.url("/orders/v0/orders/902-3159896-1390916/orderItems"))
-        .header("x-spapi-data-elements", "buyerInfo,shippingAddress")
-        .send()
-        .await
-        .unwrap();
+        .get_with(
+            "/orders/v0/orders/902-3159896-1390916/orderItems",
+            "x-spapi-data-elements",
+            "buyerInfo,shippingAddress",
+        )
+        .await;
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-spapi-proxy-error"], "bad_request");
     let body = json(resp).await;
@@ -198,13 +198,7 @@ async fn report_documents_use_an_rdt_only_for_restricted_report_types() {
         403,
         "Amazon's refusal passes through"
     );
-    let resp = h
-        .client
-        .get(h.url(unseen))
-        .header("x-spapi-restricted", "true")
-        .send()
-        .await
-        .unwrap();
+    let resp = h.get_with(unseen, "x-spapi-restricted", "true").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(h.sim.rdt_mints().len(), 1);
 }

@@ -108,6 +108,21 @@ impl Harness {
             .unwrap()
     }
 
+    /// A GET with one extra request header (usually one of the proxy's `x-spapi-*`).
+    pub async fn get_with(
+        &self,
+        path_and_query: &str,
+        name: &str,
+        value: &str,
+    ) -> reqwest::Response {
+        self.client
+            .get(self.url(path_and_query))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Starts graceful shutdown and waits for the server to finish.
     pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -117,6 +132,15 @@ impl Harness {
             task.await.unwrap();
         }
     }
+}
+
+/// `x-spapi-proxy-queued-ms`: how long the proxy held the request for quota.
+pub fn queued_ms(resp: &reqwest::Response) -> u64 {
+    resp.headers()["x-spapi-proxy-queued-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// The JSON body of a response.
