@@ -156,6 +156,8 @@ struct RawConfig {
     rdt_endpoint: Option<String>,
     target_application: Option<String>,
     restricted_report_types: Option<Vec<String>>,
+    restricted_data: Option<String>,
+    restricted_data_retry: Option<f64>,
     default_rate: Option<f64>,
     default_burst: Option<u32>,
     operations: Option<toml::Table>,
@@ -173,6 +175,7 @@ struct RawOverride {
     rate: Option<f64>,
     burst: Option<u32>,
     data_elements: Option<Vec<String>>,
+    restricted_data: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -215,6 +218,43 @@ pub struct Credentials {
     pub client_secret: Option<Secret>,
     /// The seller's refresh token.
     pub refresh_token: Option<Secret>,
+}
+
+/// Whether operations whose personal data is optional (Orders v0 getOrders, getOrder,
+/// getOrderItems; getReportDocument) get an RDT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestrictedData {
+    /// Ask for an RDT; if Amazon says the application has no role for the dataElements,
+    /// remember it and send the LWA token (the answer comes without personal data).
+    #[default]
+    Auto,
+    /// Always an RDT; a refused mint is an error.
+    Always,
+    /// Never an RDT: the LWA token, and no personal data.
+    Never,
+}
+
+impl RestrictedData {
+    fn parse(key: &str, s: &str) -> Result<RestrictedData, ConfigError> {
+        match s.trim() {
+            "auto" => Ok(RestrictedData::Auto),
+            "always" => Ok(RestrictedData::Always),
+            "never" => Ok(RestrictedData::Never),
+            other => Err(invalid(
+                key,
+                format!("`{other}` is not one of \"auto\", \"always\", \"never\""),
+            )),
+        }
+    }
+
+    /// The name used in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestrictedData::Auto => "auto",
+            RestrictedData::Always => "always",
+            RestrictedData::Never => "never",
+        }
+    }
 }
 
 /// What the proxy does with a request that matches no operation in the catalog.
@@ -269,6 +309,8 @@ pub struct OperationSettings {
     pub burst: Option<u32>,
     /// dataElements asked for when a request names none (restricted operations only).
     pub data_elements: Option<Vec<String>>,
+    /// Overrides `restricted_data` (operations whose personal data is optional only).
+    pub restricted_data: Option<RestrictedData>,
 }
 
 /// Timeouts for everything the proxy waits on.
@@ -328,6 +370,10 @@ pub struct Config {
     pub target_application: Option<String>,
     /// Report types whose documents need an RDT.
     pub restricted_report_types: Vec<String>,
+    /// Whether operations whose personal data is optional get an RDT.
+    pub restricted_data: RestrictedData,
+    /// How long a dataElements set Amazon refused for lack of a role is not asked for again.
+    pub restricted_data_retry: Duration,
     /// The quota of operations without a published plan, and of all unknown requests together.
     pub default_quota: Quota,
     /// Per-operation settings, by catalog index.
@@ -472,8 +518,23 @@ fn operation_settings(
                 .map(|b| positive_burst(&format!("{key}.burst"), b))
                 .transpose()?,
             data_elements: raw.data_elements,
+            restricted_data: raw
+                .restricted_data
+                .map(|r| RestrictedData::parse(&format!("{key}.restricted_data"), &r))
+                .transpose()?,
         };
         for op in ops {
+            if settings.restricted_data.is_some() && !op.auth.pii_optional() {
+                return Err(invalid(
+                    &format!("{key}.restricted_data"),
+                    format!(
+                        "{} has no optional personal data (auth: {}); restricted_data applies to \
+                         operations that work with or without an RDT",
+                        op.qualified(),
+                        op.auth.name()
+                    ),
+                ));
+            }
             if let Some(elements) = &settings.data_elements {
                 let allowed: &[String] = match &op.auth {
                     AuthKind::Rdt(spec) => &spec.elements,
@@ -502,6 +563,7 @@ fn operation_settings(
                 .data_elements
                 .clone()
                 .or(entry.data_elements.take());
+            entry.restricted_data = settings.restricted_data.or(entry.restricted_data);
         }
     }
     Ok(out)
@@ -685,6 +747,16 @@ impl Config {
                 types
             }
         };
+        let restricted_data = raw
+            .restricted_data
+            .map(|r| RestrictedData::parse("restricted_data", &r))
+            .transpose()?
+            .unwrap_or_default();
+        let restricted_data_retry = seconds(
+            "restricted_data_retry",
+            raw.restricted_data_retry,
+            Duration::from_secs(3600),
+        )?;
         let default_quota = Quota {
             rate: positive_rate("default_rate", raw.default_rate.unwrap_or(1.0))?,
             burst: positive_burst("default_burst", raw.default_burst.unwrap_or(5))?,
@@ -733,6 +805,8 @@ impl Config {
             rdt_endpoint,
             target_application,
             restricted_report_types,
+            restricted_data,
+            restricted_data_retry,
             default_quota,
             operations,
             rate_limit,
@@ -766,6 +840,14 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The `restricted_data` policy for `op`: its own setting, or the global one.
+    pub fn restricted_data_for(&self, op: &Operation) -> RestrictedData {
+        self.operations
+            .get(&op.index)
+            .and_then(|s| s.restricted_data)
+            .unwrap_or(self.restricted_data)
     }
 
     /// The bucket shape for `op` (or for unknown requests), and where it came from.
@@ -810,6 +892,7 @@ impl Config {
              token_retries       {}\n\
              replay_buffer_bytes {}\n\
              unknown_operations  {}\n\
+             restricted_data     {} (retry refused dataElements after {:?})\n\
              default limit       {} req/s, burst {}\n\
              rate_limit          {} (max_wait {:?}, max_queue {}, throttle_retries {}, retry_put_patch {})\n",
             self.listen,
@@ -836,6 +919,8 @@ impl Config {
                 UnknownOperations::Forward => "forward",
                 UnknownOperations::Reject => "reject",
             },
+            self.restricted_data.name(),
+            self.restricted_data_retry,
             self.default_quota.rate,
             self.default_quota.burst,
             if self.rate_limit { "on" } else { "off" },

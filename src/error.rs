@@ -30,6 +30,15 @@ pub enum TokenError {
     /// The configuration has no credential for this kind of token.
     #[error("{0}")]
     NotConfigured(String),
+    /// The request asked for personal data the application may not have: Amazon refused the
+    /// dataElements for lack of a role, or `restricted_data = "never"`.
+    #[error("personal data not permitted: {code}: {description}")]
+    PiiNotPermitted {
+        /// Amazon's error code (`InvalidInput`), or `restricted_data`.
+        code: String,
+        /// Amazon's message naming the elements, or the proxy's reason.
+        description: String,
+    },
 }
 
 /// Everything that makes the proxy answer a request itself instead of passing Amazon's answer on.
@@ -38,6 +47,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's request body broke off (bad chunking, a hang-up): the client's fault.
+    #[error("bad request: the request body could not be read: {0}")]
+    ClientBody(String),
     /// No SP-API operation has this method and path, and the config says to reject such requests.
     #[error("no SP-API operation matches {method} {path}")]
     NoRoute {
@@ -75,13 +87,14 @@ impl ProxyError {
     /// The status code, decided by where the failure came from.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Token(TokenError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Token(TokenError::Refused { .. })
             | ProxyError::Token(TokenError::Unavailable(_)) => StatusCode::BAD_GATEWAY,
             ProxyError::Token(TokenError::NotConfigured(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Token(TokenError::PiiNotPermitted { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,7 +105,7 @@ impl ProxyError {
     /// The value of the `x-spapi-proxy-error` header: a stable, scriptable name.
     pub fn kind(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "bad_request",
             ProxyError::NoRoute { .. } => "unknown_operation",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Token(TokenError::Refused { service: "rdt", .. }) => "rdt_refused",
@@ -100,6 +113,7 @@ impl ProxyError {
             ProxyError::Token(TokenError::Unavailable(_)) => "token_unavailable",
             ProxyError::Token(TokenError::Timeout) => "token_timeout",
             ProxyError::Token(TokenError::NotConfigured(_)) => "token_not_configured",
+            ProxyError::Token(TokenError::PiiNotPermitted { .. }) => "pii_not_permitted",
             ProxyError::Upstream(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::NotReady(_) => "not_ready",
@@ -110,10 +124,12 @@ impl ProxyError {
     /// The `code` in SP-API's error body; SP-API's own codes where one fits.
     fn code(&self) -> String {
         match self {
-            ProxyError::BadRequest(_) => "InvalidInput".into(),
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "InvalidInput".into(),
             ProxyError::NoRoute { .. } => "NotFound".into(),
             ProxyError::RateLimited { .. } => "QuotaExceeded".into(),
-            ProxyError::Token(TokenError::Refused { code, .. }) => code.clone(),
+            ProxyError::Token(
+                TokenError::Refused { code, .. } | TokenError::PiiNotPermitted { code, .. },
+            ) => code.clone(),
             _ => match self.status() {
                 StatusCode::GATEWAY_TIMEOUT => "GatewayTimeout".into(),
                 StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable".into(),
@@ -134,6 +150,11 @@ impl ProxyError {
             ProxyError::Token(TokenError::Refused { service: "rdt", .. }) => format!(
                 "{origin} The Tokens API refused to mint the Restricted Data Token this operation \
                  needs; the request was not sent without one."
+            ),
+            ProxyError::Token(TokenError::PiiNotPermitted { .. }) => format!(
+                "{origin} The request named its dataElements (x-spapi-data-elements), so it was \
+                 not sent without personal data; grant the application the role for them, or \
+                 leave the header out to get the answer without personal data."
             ),
             ProxyError::RateLimited { .. } => {
                 format!(
@@ -240,6 +261,22 @@ mod tests {
                 "upstream_timeout",
             ),
             ("bug", ProxyError::Internal("x".into()), 500, "internal"),
+            (
+                "client body broke",
+                ProxyError::ClientBody("x".into()),
+                400,
+                "bad_request",
+            ),
+            (
+                "personal data not permitted",
+                TokenError::PiiNotPermitted {
+                    code: "InvalidInput".into(),
+                    description: "x".into(),
+                }
+                .into(),
+                403,
+                "pii_not_permitted",
+            ),
         ];
         for (name, err, status, kind) in cases {
             assert_eq!(err.status().as_u16(), status, "{name}");

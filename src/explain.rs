@@ -3,8 +3,8 @@
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::auth::{self, TokenPlan};
-use crate::config::{Config, QuotaSource, UnknownOperations};
+use crate::auth::{self, OnRefusal, TokenPlan};
+use crate::config::{Config, QuotaSource, RestrictedData, UnknownOperations};
 use crate::operations::{AuthKind, Catalog};
 
 fn rate_text(rate: Option<f64>) -> String {
@@ -158,30 +158,41 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
     let configured = op
         .and_then(|o| config.operations.get(&o.index))
         .and_then(|s| s.data_elements.as_deref());
-    let token = match auth::plan(op, path, None, configured).map_err(|e| e.to_string())? {
+    let policy = op.map_or(config.restricted_data, |o| config.restricted_data_for(o));
+    let plan = auth::plan(op, path, None, configured, policy).map_err(|e| e.to_string())?;
+    let token = match &plan {
         TokenPlan::Lwa => "the seller's LWA access token".to_string(),
+        TokenPlan::LwaNoPii => format!(
+            "the seller's LWA access token, answered without personal data \
+             (restricted_data = \"{}\"; x-spapi-proxy-pii: omitted)",
+            policy.name()
+        ),
         TokenPlan::Rdt {
-            method,
-            path: rdt_path,
-            data_elements,
+            resource,
+            on_refusal,
         } => format!(
-            "a Restricted Data Token for {method} {rdt_path} ({}), dataElements: {}; \
-             override per request with x-spapi-data-elements",
-            if rdt_path == path {
+            "a Restricted Data Token for {} {} ({}), dataElements: {}; \
+             override per request with x-spapi-data-elements\n\
+             if refused  {}",
+            resource.method,
+            resource.path,
+            if resource.path == path {
                 "specific path: one RDT per id"
             } else {
                 "generic path: one RDT serves every id for an hour"
             },
-            if data_elements.is_empty() {
+            if resource.data_elements.is_empty() {
                 "none".to_string()
             } else {
-                data_elements.join(",")
-            }
+                resource.data_elements.join(",")
+            },
+            refusal_text(*on_refusal, policy),
         ),
-        TokenPlan::RdtIfRestrictedReport { path } => format!(
+        TokenPlan::RdtIfRestrictedReport { path, policy } => format!(
             "a Restricted Data Token for GET {path} (specific path) if the document belongs to a \
              restricted report type, otherwise the seller's LWA access token; force with \
-             x-spapi-restricted: true|false"
+             x-spapi-restricted: true|false (restricted_data = \"{}\")",
+            policy.name()
         ),
         TokenPlan::Grantless { scope } => format!(
             "a grantless token (client_credentials, scope {scope}); no refresh token needed"
@@ -189,8 +200,8 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
     };
     out.push_str(&format!("token        {token}\n"));
     if matches!(
-        auth::plan(op, path, None, configured),
-        Ok(TokenPlan::Rdt { .. } | TokenPlan::RdtIfRestrictedReport { .. })
+        plan,
+        TokenPlan::Rdt { .. } | TokenPlan::RdtIfRestrictedReport { .. }
     ) {
         out.push_str(&format!(
             "rdt minted   POST {}{}{}\n",
@@ -205,6 +216,25 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
     }
     out.push_str(&format!("upstream     {method} {upstream}\n"));
     Ok(out)
+}
+
+/// What happens when Amazon refuses the mint for lack of a role, for people.
+fn refusal_text(on_refusal: OnRefusal, policy: RestrictedData) -> String {
+    match on_refusal {
+        OnRefusal::Fail if policy == RestrictedData::Always => {
+            "502 rdt_refused with Amazon's reason (restricted_data = \"always\")".into()
+        }
+        OnRefusal::Fail => {
+            "502 rdt_refused with Amazon's reason (this operation has no answer without an RDT)"
+                .into()
+        }
+        OnRefusal::FallBack => format!(
+            "the LWA token, answered without personal data, remembered for restricted_data_retry \
+             (restricted_data = \"{}\"; x-spapi-proxy-pii: omitted)",
+            policy.name()
+        ),
+        OnRefusal::NotPermitted => "403 pii_not_permitted with Amazon's reason".into(),
+    }
 }
 
 #[cfg(test)]

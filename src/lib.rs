@@ -13,6 +13,7 @@
 //! - [`error`]: the error enum and its one status mapping.
 //! - [`explain`]: the `operations` and `explain` commands.
 //! - [`sim`]: a local SP-API and LWA simulator for `demo` and the tests.
+//! - [`target`]: request-target rules, so that what is matched is what Amazon receives.
 //! - [`secret`], [`body`]: small shared types.
 //!
 //! # Request path
@@ -46,3 +47,4 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod target;

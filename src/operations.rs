@@ -49,6 +49,17 @@ impl AuthKind {
         }
     }
 
+    /// Whether the operation answers with or without an RDT, personal data only with one:
+    /// restricted operations that take dataElements (Orders v0 getOrders, getOrder,
+    /// getOrderItems), and getReportDocument.
+    pub fn pii_optional(&self) -> bool {
+        match self {
+            AuthKind::Rdt(spec) => !spec.elements.is_empty(),
+            AuthKind::RdtConditional => true,
+            AuthKind::Lwa | AuthKind::Grantless { .. } => false,
+        }
+    }
+
     /// The scope or the dataElements, for display.
     pub fn detail(&self) -> String {
         match self {

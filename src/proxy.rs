@@ -1,22 +1,23 @@
 //! The request pipeline, read top to bottom, and the one place where errors become responses.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tracing::Instrument;
 
 use crate::auth::{self, Auth};
-use crate::body::{full, ProxyBody};
+use crate::body::{full, ClientBody, ProxyBody};
 use crate::config::{Config, ConfigError, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder};
 use crate::limiter::{self, Limiter};
 use crate::operations::{Catalog, Operation};
 use crate::secret::Secret;
+use crate::target;
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
 const MAX_INSPECTED_403: u64 = 64 * 1024;
@@ -78,7 +79,13 @@ const UNKNOWN_PATHS_REMEMBERED: usize = 10_000;
 /// A request body: held in memory when small enough to replay, otherwise streamed once.
 enum RequestBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming {
+        /// What was read before the body proved too large to hold, and the rest, unread.
+        body: Option<(Bytes, Incoming)>,
+        /// Set if the client's body broke off while streaming, so that the failure is blamed
+        /// on the client, not on Amazon.
+        broke: Arc<OnceLock<String>>,
+    },
 }
 
 /// The upstream's answer: still streaming, or read whole because we had to look inside.
@@ -128,15 +135,19 @@ impl Proxy {
             %path,
             op = op.map_or("-", |o| o.id.as_str())
         );
-        let result = if own {
-            self.own_endpoint(&method, &path).instrument(span).await
-        } else {
-            self.proxy(req, op).instrument(span).await
+        // One request target, one meaning: refused before matching, token or forwarding.
+        let result = match target::check(&method, req.uri()) {
+            Err(e) => Err(e),
+            Ok(()) if own => self.own_endpoint(&method, &path).instrument(span).await,
+            Ok(()) => self.proxy(req, op).instrument(span).await,
         };
         let response = match result {
             Ok(r) => r,
             Err(e) => {
-                if e.status().is_server_error() {
+                if let ProxyError::ClientBody(_) = e {
+                    // The client's own doing (bad chunking, a hang-up): nothing is wrong here.
+                    tracing::info!(%method, %path, kind = e.kind(), error = %e, "request body broke off");
+                } else if e.status().is_server_error() {
                     tracing::error!(%method, %path, kind = e.kind(), error = %e, "request failed");
                 } else {
                     tracing::warn!(%method, %path, kind = e.kind(), error = %e, "request refused");
@@ -183,13 +194,16 @@ impl Proxy {
             own_header(&parts.headers, auth::DATA_ELEMENTS_HEADER)?,
             op.and_then(|o| self.config.operations.get(&o.index))
                 .and_then(|s| s.data_elements.as_deref()),
+            op.map_or(self.config.restricted_data, |o| {
+                self.config.restricted_data_for(o)
+            }),
         )?;
         let restricted = restricted_header(&parts.headers)?;
         let max_wait = self.max_wait(&parts.headers)?;
         let deadline = Instant::now() + max_wait;
 
         // 2. Hold small bodies so that a request can be replayed once with a fresh token.
-        let mut body = self.read_body(body, &parts.headers).await?;
+        let mut body = self.read_body(body).await?;
 
         // 3. Quota, first look: a full queue or a wait past max_wait is refused now, before
         //    any token call.
@@ -211,16 +225,29 @@ impl Proxy {
         // 6. Forward.
         let mut upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
 
-        // 7. Amazon says the token expired or is invalid: drop it, get a new one, replay once.
-        if upstream.status() == StatusCode::FORBIDDEN && body.replayable() {
+        // 7. Amazon says the token expired or is invalid: drop it, get a new one, replay once
+        //    (if the body was held). A fresh token rejected too means the credentials
+        //    themselves are not accepted: /_proxy/ready says so.
+        if upstream.status() == StatusCode::FORBIDDEN {
             upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
             if upstream.says_token_rejected() {
-                tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
                 self.auth.reject(&chosen);
-                chosen = self.auth.token(&plan, restricted).await?;
-                queued += self.limiter.acquire(op, remaining(deadline)).await?;
-                upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
+                if body.replayable() {
+                    tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
+                    chosen = self.auth.token(&plan, restricted).await?;
+                    queued += self.limiter.acquire(op, remaining(deadline)).await?;
+                    upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
+                    if upstream.status() == StatusCode::FORBIDDEN {
+                        upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
+                        if upstream.says_token_rejected() {
+                            self.auth.rejected_fresh(&chosen, &upstream.text());
+                        }
+                    }
+                }
             }
+        }
+        if upstream.status() != StatusCode::FORBIDDEN {
+            self.auth.accepted(&chosen);
         }
 
         // 8. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
@@ -252,10 +279,17 @@ impl Proxy {
 
         // 10. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
         let mut response = upstream.into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             QUEUED_MS_HEADER,
-            http::HeaderValue::from(queued.as_millis() as u64),
+            http::HeaderValue::from(u64::try_from(queued.as_millis()).unwrap_or(u64::MAX)),
         );
+        if let Some(pii) = chosen.pii {
+            headers.insert(
+                auth::PII_HEADER,
+                http::HeaderValue::from_static(pii.header_value()),
+            );
+        }
         Ok(response)
     }
 
@@ -265,9 +299,9 @@ impl Proxy {
             return Ok(self.config.max_wait);
         };
         match v.trim().parse::<f64>() {
-            Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-                Ok(self.config.max_wait.min(Duration::from_secs_f64(secs)))
-            }
+            // Clamped to max_wait before converting, so no value can overflow a Duration.
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::try_from_secs_f64(secs)
+                .map_or(self.config.max_wait, |d| d.min(self.config.max_wait))),
             _ => Err(ProxyError::BadRequest(format!(
                 "{MAX_WAIT_HEADER}: `{v}` is not a number of seconds"
             ))),
@@ -308,37 +342,46 @@ impl Proxy {
     ) -> Result<Upstream, ProxyError> {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let headers = forward::upstream_headers(&parts.headers, token, SystemTime::now());
-        let resp = self
+        let sent = self
             .forwarder
             .send(parts.method.clone(), path_and_query, headers, body.take())
-            .await?;
+            .await;
+        let resp = match (sent, body.broke()) {
+            (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
+            (sent, _) => sent?,
+        };
         if let Some(rate) = limiter::rate_header(resp.headers()) {
             self.limiter.observe_rate(op, rate);
         }
         Ok(Upstream::Streaming(resp))
     }
 
-    async fn read_body(
-        &self,
-        body: Incoming,
-        headers: &HeaderMap,
-    ) -> Result<RequestBody, ProxyError> {
-        let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
-        let small = body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= self.config.replay_buffer_bytes);
-        if body.is_end_stream() || (small && !chunked) {
-            let limit = self.config.replay_buffer_bytes as usize;
-            let bytes = Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|e| ProxyError::BadRequest(format!("cannot read the request body: {e}")))?
-                .to_bytes();
-            Ok(RequestBody::Buffered(bytes))
-        } else {
-            Ok(RequestBody::Streaming(Some(body)))
+    /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the
+    /// request can be replayed, and so that a body that breaks off is refused before Amazon
+    /// sees any of it. A larger body streams: what was read so far, then the rest.
+    async fn read_body(&self, mut body: Incoming) -> Result<RequestBody, ProxyError> {
+        let limit = self.config.replay_buffer_bytes;
+        let mut held = BytesMut::new();
+        if body.size_hint().lower() <= limit {
+            loop {
+                match body.frame().await {
+                    None => return Ok(RequestBody::Buffered(held.freeze())),
+                    Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            held.extend_from_slice(&data);
+                            if held.len() as u64 > limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
         }
+        Ok(RequestBody::Streaming {
+            body: Some((held.freeze(), body)),
+            broke: Arc::default(),
+        })
     }
 
     async fn own_endpoint(
@@ -354,6 +397,19 @@ impl Proxy {
             (&Method::GET, "/_proxy/quota") => {
                 Ok(json_response(StatusCode::OK, self.limiter.snapshot()))
             }
+            (&Method::GET, "/_proxy/status") => Ok(json_response(
+                StatusCode::OK,
+                serde_json::json!({
+                    "restricted_data": {
+                        "default": self.config.restricted_data.name(),
+                        "retry_secs": self.config.restricted_data_retry.as_secs(),
+                        "refused_data_elements": self.auth.pii_roles(),
+                    },
+                    "seller_token": {
+                        "rejected_by_amazon": self.auth.fresh_rejection(),
+                    },
+                }),
+            )),
             (&Method::GET, "/_proxy/ready") => match self.auth.ready().await {
                 Ok(_) => Ok(json_response(
                     StatusCode::OK,
@@ -380,10 +436,20 @@ impl RequestBody {
     fn take(&mut self) -> reqwest::Body {
         match self {
             RequestBody::Buffered(b) => reqwest::Body::from(b.clone()),
-            RequestBody::Streaming(s) => match s.take() {
-                Some(incoming) => reqwest::Body::wrap(incoming),
+            RequestBody::Streaming { body, broke } => match body.take() {
+                Some((prefix, rest)) => {
+                    reqwest::Body::wrap(ClientBody::new(prefix, rest, Arc::clone(broke)))
+                }
                 None => reqwest::Body::from(Bytes::new()),
             },
+        }
+    }
+
+    /// Why the client's streaming body broke off, if it did.
+    fn broke(&self) -> Option<String> {
+        match self {
+            RequestBody::Buffered(_) => None,
+            RequestBody::Streaming { broke, .. } => broke.get().cloned(),
         }
     }
 }
@@ -425,10 +491,22 @@ impl Upstream {
 
     fn says_token_rejected(&self) -> bool {
         match self {
-            Upstream::Read { status, body, .. } if *status == StatusCode::FORBIDDEN => {
-                auth::says_token_rejected(&String::from_utf8_lossy(body))
-            }
+            Upstream::Read {
+                status,
+                headers,
+                body,
+            } if *status == StatusCode::FORBIDDEN => auth::says_token_rejected(headers, body),
             _ => false,
+        }
+    }
+
+    /// A read answer's body as text, at most 300 characters (for `/_proxy/ready`).
+    fn text(&self) -> String {
+        match self {
+            Upstream::Read { body, .. } => {
+                String::from_utf8_lossy(body).chars().take(300).collect()
+            }
+            Upstream::Streaming(_) => String::new(),
         }
     }
 

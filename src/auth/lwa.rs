@@ -71,16 +71,26 @@ impl LwaClient {
         }
     }
 
-    /// Fetches a token, retrying transient failures with exponential backoff.
+    /// Fetches a token, retrying transient failures with exponential backoff. The whole fetch,
+    /// retries and backoff included, gets one `timeout`: a hung token service costs a request
+    /// `timeouts.token`, not that times the number of attempts.
     pub async fn fetch(&self, grant: &Grant) -> Result<FreshToken, TokenError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
-            match self.fetch_once(grant).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(TokenError::Timeout);
+            }
+            match self.fetch_once(grant, left).await {
                 Ok(t) => return Ok(t),
                 Err(e @ (TokenError::Unavailable(_) | TokenError::Timeout))
                     if attempt < self.retries =>
                 {
                     let backoff = Duration::from_millis(200) * 2u32.pow(attempt);
+                    if tokio::time::Instant::now() + backoff >= deadline {
+                        return Err(e);
+                    }
                     tracing::warn!(error = %e, attempt, ?backoff, "LWA token request failed; retrying");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
@@ -90,7 +100,7 @@ impl LwaClient {
         }
     }
 
-    async fn fetch_once(&self, grant: &Grant) -> Result<FreshToken, TokenError> {
+    async fn fetch_once(&self, grant: &Grant, timeout: Duration) -> Result<FreshToken, TokenError> {
         let form = self.form(grant);
         let request = self
             .http
@@ -100,7 +110,7 @@ impl LwaClient {
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
             .body(form);
-        let (status, _, body) = super::call_token_service(request, self.timeout, "LWA").await?;
+        let (status, _, body) = super::call_token_service(request, timeout, "LWA").await?;
         self.parse(status, &body)
     }
 

@@ -5,15 +5,19 @@
 //! - [`lwa`]: LWA access tokens (refresh_token and client_credentials grants).
 //! - [`rdt`]: Restricted Data Tokens, cached per restricted resource.
 //! - [`grantless`]: client_credentials tokens, cached per scope.
+//! - [`pii`]: dataElements the application turned out to have no role for.
 
 pub mod cache;
 pub mod grantless;
 pub mod lwa;
+pub mod pii;
 pub mod rdt;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::config::{Config, ConfigError};
+use http::HeaderMap;
+
+use crate::config::{Config, ConfigError, RestrictedData};
 use crate::error::{ProxyError, TokenError};
 use crate::limiter::Limiter;
 use crate::operations::{AuthKind, Operation};
@@ -22,7 +26,31 @@ use crate::secret::Secret;
 use cache::TokenCache;
 use grantless::Grantless;
 use lwa::{Grant, LwaClient};
+use pii::{PiiRoles, Refusal};
 use rdt::{Minter, RdtCache, RdtResource, ReportTypes};
+
+/// Response header on operations that may carry personal data: `included` when the request
+/// went with an RDT, `omitted` when it went with the LWA token instead.
+pub const PII_HEADER: &str = "x-spapi-proxy-pii";
+
+/// Whether the answer can hold personal data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pii {
+    /// Sent with an RDT.
+    Included,
+    /// Sent with the LWA token although the operation could return personal data with an RDT.
+    Omitted,
+}
+
+impl Pii {
+    /// The value of [`PII_HEADER`].
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Pii::Included => "included",
+            Pii::Omitted => "omitted",
+        }
+    }
+}
 
 /// The scope `/_proxy/ready` checks when there is no refresh token.
 const READY_SCOPE: &str = "sellingpartnerapi::notifications";
@@ -48,6 +76,8 @@ pub struct Chosen {
     pub token: Secret,
     /// Its source.
     pub source: TokenSource,
+    /// For operations that may carry personal data: whether this token lets them.
+    pub pii: Option<Pii>,
 }
 
 /// Every token source the proxy has.
@@ -57,6 +87,11 @@ pub struct Auth {
     grantless: Grantless,
     rdt: Option<RdtCache>,
     reports: ReportTypes,
+    pii: PiiRoles,
+    /// Set when Amazon rejected a token the proxy had just fetched, so that `/_proxy/ready`
+    /// does not report ready on the strength of a token Amazon will not take.
+    rejected_fresh: Mutex<Option<String>>,
+    any_rejected_fresh: std::sync::atomic::AtomicBool,
 }
 
 /// Sends a request to a token service (LWA or the Tokens API) and reads the answer whole,
@@ -81,14 +116,31 @@ pub(crate) async fn call_token_service(
     }
 }
 
-/// SP-API's answer to an expired or unknown token: 403 `Unauthorized` whose message says the
-/// security token is expired or invalid. A 403 for a missing role says "Access to requested
-/// resource is denied" and must not trigger a refresh.
-pub fn says_token_rejected(body: &str) -> bool {
-    let text = body.to_ascii_lowercase();
-    text.contains("unauthorized")
-        && (text.contains("token included in the request is expired")
-            || text.contains("token included in the request is invalid"))
+/// SP-API's words for "this token is no good", lowercased: today's `details` for an expired and
+/// for a revoked or unknown access token (npm `amazon-sp-api` lib/SellingPartner.js,
+/// selling-partner-api-docs#2147), a variant seen for an LWA token (PipedreamHQ/pipedream#16843),
+/// and the SigV4 era's messages (selling-partner-api-docs#3153, jlevers/selling-partner-api#282).
+const TOKEN_REJECTED: [&str; 4] = [
+    "access token you provided has expired",
+    "access token you provided is revoked",
+    "token you provided has expired",
+    "security token included in the request is",
+];
+
+/// Whether a 403 from SP-API (or the Tokens API) says the token itself is expired, revoked or
+/// unknown, so that a fresh one may succeed. "Access to requested resource is denied." alone is
+/// also Amazon's answer for a missing role and for an RDT that does not cover the path, which no
+/// new token fixes, so only the token wording (or an `ExpiredTokenException` error type) counts.
+pub fn says_token_rejected(headers: &HeaderMap, body: &[u8]) -> bool {
+    let expired_type = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("ExpiredTokenException"));
+    if expired_type {
+        return true;
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    TOKEN_REJECTED.iter().any(|phrase| text.contains(phrase))
 }
 
 impl Auth {
@@ -131,6 +183,9 @@ impl Auth {
             grantless: Grantless::new(client),
             rdt,
             reports: ReportTypes::new(&config.restricted_report_types),
+            pii: PiiRoles::new(config.restricted_data_retry),
+            rejected_fresh: Mutex::new(None),
+            any_rejected_fresh: Default::default(),
         })
     }
 
@@ -156,45 +211,109 @@ impl Auth {
         plan: &TokenPlan,
         restricted: Option<bool>,
     ) -> Result<Chosen, ProxyError> {
-        let (token, source) = match plan {
-            TokenPlan::Lwa => (self.seller_token().await?, TokenSource::Seller),
-            TokenPlan::Grantless { scope } => (
-                self.grantless.get(scope).await?,
-                TokenSource::Grantless(scope.clone()),
-            ),
+        match plan {
+            TokenPlan::Lwa => self.seller_chosen(None).await,
+            TokenPlan::LwaNoPii => self.seller_chosen(Some(Pii::Omitted)).await,
+            TokenPlan::Grantless { scope } => Ok(Chosen {
+                token: self.grantless.get(scope).await?,
+                source: TokenSource::Grantless(scope.clone()),
+                pii: None,
+            }),
             TokenPlan::Rdt {
-                method,
-                path,
-                data_elements,
-            } => {
-                let resource = RdtResource {
-                    method: method.clone(),
-                    path: path.clone(),
-                    data_elements: data_elements.clone(),
-                };
-                self.rdt_for(resource).await?
-            }
-            TokenPlan::RdtIfRestrictedReport { path } => {
+                resource,
+                on_refusal,
+            } => self.rdt_or_fallback(resource, *on_refusal).await,
+            TokenPlan::RdtIfRestrictedReport { path, policy } => {
                 let document = path.rsplit('/').next().unwrap_or("");
-                if restricted.or_else(|| self.reports.is_restricted(document)) == Some(true) {
-                    let resource = RdtResource {
-                        method: "GET".into(),
-                        path: path.clone(),
-                        data_elements: Vec::new(),
-                    };
-                    self.rdt_for(resource).await?
-                } else {
-                    (self.seller_token().await?, TokenSource::Seller)
+                if restricted.or_else(|| self.reports.is_restricted(document)) != Some(true) {
+                    return self.seller_chosen(None).await;
+                }
+                let resource = RdtResource {
+                    method: "GET".into(),
+                    path: path.clone(),
+                    data_elements: Vec::new(),
+                };
+                match policy {
+                    RestrictedData::Never => self.seller_chosen(Some(Pii::Omitted)).await,
+                    RestrictedData::Always => {
+                        self.rdt_or_fallback(&resource, OnRefusal::Fail).await
+                    }
+                    RestrictedData::Auto => {
+                        self.rdt_or_fallback(&resource, OnRefusal::FallBack).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn seller_chosen(&self, pii: Option<Pii>) -> Result<Chosen, ProxyError> {
+        Ok(Chosen {
+            token: self.seller_token().await?,
+            source: TokenSource::Seller,
+            pii,
+        })
+    }
+
+    /// An RDT for `resource`; if Amazon says the application has no role for its dataElements,
+    /// what `on_refusal` says. A refusal is remembered so that it is not asked again for a while.
+    async fn rdt_or_fallback(
+        &self,
+        resource: &RdtResource,
+        on_refusal: OnRefusal,
+    ) -> Result<Chosen, ProxyError> {
+        let learnt = match on_refusal {
+            OnRefusal::Fail => None,
+            OnRefusal::FallBack | OnRefusal::NotPermitted => {
+                self.pii.refused(&resource.data_elements)
+            }
+        };
+        let refusal = match learnt {
+            Some(r) => r,
+            None => {
+                let rdt = self.rdt.as_ref().ok_or_else(Self::no_refresh_token)?;
+                match rdt.get(resource).await {
+                    Ok(token) => {
+                        return Ok(Chosen {
+                            token,
+                            source: TokenSource::Rdt(resource.clone()),
+                            pii: Some(Pii::Included),
+                        })
+                    }
+                    Err(TokenError::Refused {
+                        service: "rdt",
+                        code,
+                        description,
+                    }) if pii::is_role_refusal(&description) => {
+                        let refusal = Refusal {
+                            code,
+                            message: description,
+                        };
+                        self.pii.learn(&resource.data_elements, refusal.clone());
+                        refusal
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         };
-        Ok(Chosen { token, source })
+        match on_refusal {
+            OnRefusal::FallBack => self.seller_chosen(Some(Pii::Omitted)).await,
+            OnRefusal::NotPermitted => Err(TokenError::PiiNotPermitted {
+                code: refusal.code,
+                description: refusal.message,
+            }
+            .into()),
+            OnRefusal::Fail => Err(TokenError::Refused {
+                service: "rdt",
+                code: refusal.code,
+                description: refusal.message,
+            }
+            .into()),
+        }
     }
 
-    async fn rdt_for(&self, resource: RdtResource) -> Result<(Secret, TokenSource), TokenError> {
-        let rdt = self.rdt.as_ref().ok_or_else(Self::no_refresh_token)?;
-        let token = rdt.get(&resource).await?;
-        Ok((token, TokenSource::Rdt(resource)))
+    /// What the proxy has learnt about the application's roles, for `/_proxy/status`.
+    pub fn pii_roles(&self) -> serde_json::Value {
+        self.pii.snapshot()
     }
 
     /// Amazon rejected `chosen`: forget it so the next request gets a new one.
@@ -214,6 +333,44 @@ impl Auth {
         }
     }
 
+    /// Amazon rejected `chosen` although it was fetched for this very request's replay: the
+    /// credentials themselves are not accepted, and `/_proxy/ready` says so until a request
+    /// with a seller token succeeds again.
+    pub fn rejected_fresh(&self, chosen: &Chosen, amazon: &str) {
+        if chosen.source == TokenSource::Seller {
+            *self
+                .rejected_fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(amazon.to_string());
+            self.any_rejected_fresh
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Amazon's words when it last rejected a freshly fetched seller token, if that is the
+    /// latest news.
+    pub fn fresh_rejection(&self) -> Option<String> {
+        self.rejected_fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A request with a seller token got an answer other than a token rejection.
+    pub fn accepted(&self, chosen: &Chosen) {
+        // One atomic load on the request path; the lock only after a rejection.
+        if chosen.source == TokenSource::Seller
+            && self
+                .any_rejected_fresh
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            *self
+                .rejected_fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     /// Learns report document types from a getReport or getReports answer.
     pub fn learn_reports(&self, body: &[u8]) {
         self.reports.learn(body);
@@ -222,6 +379,11 @@ impl Auth {
     /// Whether a token can be had now (for `/_proxy/ready`): the seller's, or without a
     /// refresh token, a grantless one.
     pub async fn ready(&self) -> Result<(), TokenError> {
+        if let Some(amazon) = self.fresh_rejection() {
+            return Err(TokenError::Unavailable(format!(
+                "SP-API rejected a freshly issued access token: {amazon}"
+            )));
+        }
         match &self.seller {
             Some(s) => s.get().await.map(|_| ()),
             None => self.grantless.get(READY_SCOPE).await.map(|_| ()),
@@ -234,20 +396,23 @@ impl Auth {
 pub enum TokenPlan {
     /// The seller's LWA access token.
     Lwa,
+    /// The seller's LWA access token for an operation that could return personal data with
+    /// an RDT (`restricted_data = "never"`).
+    LwaNoPii,
     /// An RDT for this restricted resource.
     Rdt {
-        /// The method named in the RDT request.
-        method: String,
-        /// The path named in the RDT request: the template (generic) or the request's path.
-        path: String,
-        /// dataElements, sorted.
-        data_elements: Vec<String>,
+        /// What the RDT is asked for.
+        resource: RdtResource,
+        /// What happens when Amazon says the application has no role for the dataElements.
+        on_refusal: OnRefusal,
     },
     /// getReportDocument: an RDT for this specific path if the document's report type is
     /// restricted, the LWA token otherwise.
     RdtIfRestrictedReport {
         /// The document's path.
         path: String,
+        /// `restricted_data` for the operation.
+        policy: RestrictedData,
     },
     /// A grantless token for this scope.
     Grantless {
@@ -256,18 +421,32 @@ pub enum TokenPlan {
     },
 }
 
+/// What a mint refused for lack of a role leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRefusal {
+    /// An error carrying Amazon's reason (502 `rdt_refused`): restricted-only operations, and
+    /// `restricted_data = "always"`.
+    Fail,
+    /// The LWA token, and the answer without personal data (`restricted_data = "auto"`).
+    FallBack,
+    /// The request named its dataElements: 403 `pii_not_permitted` with Amazon's reason.
+    NotPermitted,
+}
+
 /// Header naming the dataElements for one request, e.g. `buyerInfo,shippingAddress`.
 pub const DATA_ELEMENTS_HEADER: &str = "x-spapi-data-elements";
 
 /// Decides the token for a request to `op` at `path` (no query).
 ///
 /// `requested` is the `x-spapi-data-elements` header, if any; `configured` the operation's
-/// `data_elements` setting. Elements the operation does not accept are a 400, never dropped.
+/// `data_elements` setting; `policy` its `restricted_data`. Elements the operation does not
+/// accept are a 400, never dropped.
 pub fn plan(
     op: Option<&Operation>,
     path: &str,
     requested: Option<&str>,
     configured: Option<&[String]>,
+    policy: RestrictedData,
 ) -> Result<TokenPlan, ProxyError> {
     let Some(op) = op else {
         return Ok(TokenPlan::Lwa);
@@ -279,6 +458,7 @@ pub fn plan(
         }),
         AuthKind::RdtConditional => Ok(TokenPlan::RdtIfRestrictedReport {
             path: path.to_string(),
+            policy,
         }),
         AuthKind::Rdt(spec) => {
             let mut elements: Vec<String> = match requested {
@@ -311,14 +491,35 @@ pub fn plan(
             }
             elements.sort();
             elements.dedup();
+            let on_refusal = match (op.auth.pii_optional(), requested.is_some(), policy) {
+                (false, _, _) => OnRefusal::Fail,
+                (true, true, RestrictedData::Never) => {
+                    return Err(TokenError::PiiNotPermitted {
+                        code: "restricted_data".into(),
+                        description: format!(
+                            "restricted_data = \"never\" for {}: the proxy does not ask for \
+                             personal data, so {DATA_ELEMENTS_HEADER} cannot be honoured",
+                            op.id
+                        ),
+                    }
+                    .into())
+                }
+                (true, false, RestrictedData::Never) => return Ok(TokenPlan::LwaNoPii),
+                (true, true, _) => OnRefusal::NotPermitted,
+                (true, false, RestrictedData::Always) => OnRefusal::Fail,
+                (true, false, RestrictedData::Auto) => OnRefusal::FallBack,
+            };
             Ok(TokenPlan::Rdt {
-                method: op.method.to_string(),
-                path: if spec.generic {
-                    op.template.clone()
-                } else {
-                    path.to_string()
+                resource: RdtResource {
+                    method: op.method.to_string(),
+                    path: if spec.generic {
+                        op.template.clone()
+                    } else {
+                        path.to_string()
+                    },
+                    data_elements: elements,
                 },
-                data_elements: elements,
+                on_refusal,
             })
         }
     }
@@ -328,6 +529,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::operations::Catalog;
+    use RestrictedData::{Always, Auto, Never};
 
     fn op(api: &str, id: &str) -> Option<&'static Operation> {
         Catalog::builtin().by_qualified(api, id)
@@ -335,12 +537,17 @@ mod tests {
 
     #[test]
     fn plan_table() {
-        let rdt = |path: &str, els: &[&str]| TokenPlan::Rdt {
-            method: "GET".into(),
-            path: path.into(),
-            data_elements: els.iter().map(|s| s.to_string()).collect(),
+        let rdt = |path: &str, els: &[&str], on_refusal| TokenPlan::Rdt {
+            resource: RdtResource {
+                method: "GET".into(),
+                path: path.into(),
+                data_elements: els.iter().map(|s| s.to_string()).collect(),
+            },
+            on_refusal,
         };
         let configured = vec!["shippingAddress".to_string()];
+        let order = "/orders/v0/orders/{orderId}";
+        let both = ["buyerInfo", "shippingAddress"];
         #[allow(clippy::type_complexity, reason = "a test table")]
         let cases: Vec<(
             &str,
@@ -348,35 +555,54 @@ mod tests {
             &str,
             Option<&str>,
             Option<&[String]>,
+            RestrictedData,
             TokenPlan,
         )> = vec![
-            ("unknown", None, "/x", None, None, TokenPlan::Lwa),
+            ("unknown", None, "/x", None, None, Auto, TokenPlan::Lwa),
             (
                 "plain",
                 op("sellers", "getMarketplaceParticipations"),
                 "/sellers/v1/marketplaceParticipations",
                 None,
                 None,
+                Auto,
                 TokenPlan::Lwa,
             ),
             (
-                "generic path",
+                "restricted only: a refusal is an error whatever the policy",
                 op("ordersV0", "getOrderAddress"),
                 "/orders/v0/orders/1-2-3/address",
                 None,
                 None,
-                rdt("/orders/v0/orders/{orderId}/address", &[]),
+                Never,
+                rdt("/orders/v0/orders/{orderId}/address", &[], OnRefusal::Fail),
             ),
             (
-                "default elements",
+                "optional PII, auto: default elements, fall back",
                 op("ordersV0", "getOrder"),
                 "/orders/v0/orders/1-2-3",
                 None,
                 None,
-                rdt(
-                    "/orders/v0/orders/{orderId}",
-                    &["buyerInfo", "shippingAddress"],
-                ),
+                Auto,
+                rdt(order, &both, OnRefusal::FallBack),
+            ),
+            (
+                "optional PII, always",
+                op("ordersV0", "getOrder"),
+                "/orders/v0/orders/1-2-3",
+                None,
+                None,
+                Always,
+                rdt(order, &both, OnRefusal::Fail),
+            ),
+            (
+                "optional PII, never",
+                op("ordersV0", "getOrder"),
+                "/orders/v0/orders/1-2-3",
+                None,
+                None,
+                Never,
+                TokenPlan::LwaNoPii,
             ),
             (
                 "configured elements",
@@ -384,15 +610,17 @@ mod tests {
                 "/orders/v0/orders/1-2-3",
                 None,
                 Some(&configured),
-                rdt("/orders/v0/orders/{orderId}", &["shippingAddress"]),
+                Auto,
+                rdt(order, &["shippingAddress"], OnRefusal::FallBack),
             ),
             (
-                "header wins, sorted",
+                "header wins, sorted, and wants PII",
                 op("ordersV0", "getOrders"),
                 "/orders/v0/orders",
                 Some("shippingAddress, buyerInfo"),
                 Some(&configured),
-                rdt("/orders/v0/orders", &["buyerInfo", "shippingAddress"]),
+                Auto,
+                rdt("/orders/v0/orders", &both, OnRefusal::NotPermitted),
             ),
             (
                 "specific path",
@@ -400,7 +628,8 @@ mod tests {
                 "/shipping/v1/shipments/S1",
                 None,
                 None,
-                rdt("/shipping/v1/shipments/S1", &[]),
+                Auto,
+                rdt("/shipping/v1/shipments/S1", &[], OnRefusal::Fail),
             ),
             (
                 "report document",
@@ -408,9 +637,20 @@ mod tests {
                 "/reports/2021-06-30/documents/D1",
                 None,
                 None,
+                Always,
                 TokenPlan::RdtIfRestrictedReport {
                     path: "/reports/2021-06-30/documents/D1".into(),
+                    policy: Always,
                 },
+            ),
+            (
+                "orders 2026-01-01 never needs an RDT",
+                op("orders_2026-01-01", "getOrder"),
+                "/orders/2026-01-01/orders/1-2-3",
+                None,
+                None,
+                Always,
+                TokenPlan::Lwa,
             ),
             (
                 "grantless",
@@ -418,18 +658,33 @@ mod tests {
                 "/notifications/v1/destinations",
                 None,
                 None,
+                Auto,
                 TokenPlan::Grantless {
                     scope: "sellingpartnerapi::notifications".into(),
                 },
             ),
         ];
-        for (name, op, path, requested, configured, want) in cases {
+        for (name, op, path, requested, configured, policy, want) in cases {
             assert_eq!(
-                plan(op, path, requested, configured).unwrap(),
+                plan(op, path, requested, configured, policy).unwrap(),
                 want,
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn naming_elements_under_never_is_refused() {
+        let err = plan(
+            op("ordersV0", "getOrder"),
+            "/orders/v0/orders/1",
+            Some("buyerInfo"),
+            None,
+            Never,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert_eq!(err.kind(), "pii_not_permitted");
     }
 
     #[test]
@@ -439,10 +694,75 @@ mod tests {
             "/orders/v0/orders/1/orderItems",
             Some("buyerInfo,shippingAddress,bogus"),
             None,
+            Auto,
         )
         .unwrap_err();
         assert_eq!(err.status(), 400);
         let msg = err.to_string();
         assert!(msg.contains("shippingAddress, bogus"), "{msg}");
+    }
+
+    #[test]
+    fn token_rejections_are_told_from_access_denied() {
+        let body = |code: &str, message: &str, details: &str| {
+            serde_json::json!({"errors": [{"code": code, "message": message, "details": details}]})
+                .to_string()
+        };
+        let denied = "Access to requested resource is denied.";
+        let mut expired_type = HeaderMap::new();
+        expired_type.insert("x-amzn-errortype", "ExpiredTokenException".parse().unwrap());
+        let none = HeaderMap::new();
+        let cases = [
+            (
+                "expired, today's wording",
+                &none,
+                body("Unauthorized", denied, "The access token you provided has expired."),
+                true,
+            ),
+            (
+                "revoked, today's wording",
+                &none,
+                body(
+                    "Unauthorized",
+                    denied,
+                    "The access token you provided is revoked, malformed or invalid.",
+                ),
+                true,
+            ),
+            (
+                "expired LWA secret token wording",
+                &none,
+                body("Unauthorized", denied, "The LWA secret token you provided has expired."),
+                true,
+            ),
+            (
+                "SigV4 era, expired",
+                &none,
+                r#"{"errors":[{"message":"The security token included in the request is expired","code":"Unauthorized"}]}"#.to_string(),
+                true,
+            ),
+            (
+                "SigV4 era, invalid",
+                &none,
+                body("InvalidInput", "The security token included in the request is invalid.", ""),
+                true,
+            ),
+            ("error type header alone", &expired_type, "{}".to_string(), true),
+            ("missing role or uncovered RDT", &none, body("Unauthorized", denied, ""), false),
+            (
+                "missing token",
+                &none,
+                r#"{"errors":[{"message":"Access to requested resource is denied.","code":"MissingAuthenticationToken"}]}"#.to_string(),
+                false,
+            ),
+            ("not JSON", &none, "<html>Forbidden</html>".to_string(), false),
+        ];
+        for (name, headers, body, want) in cases {
+            assert_eq!(
+                says_token_rejected(headers, body.as_bytes()),
+                want,
+                "{name}"
+            );
+        }
     }
 }

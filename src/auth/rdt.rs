@@ -165,8 +165,7 @@ impl Minter {
                 lifetime: Duration::from_secs(r.expires_in.unwrap_or(3600)),
             });
         }
-        let text = String::from_utf8_lossy(&bytes);
-        if status == 403 && super::says_token_rejected(&text) {
+        if status == 403 && super::says_token_rejected(&headers, &bytes) {
             return Err(MintError::LwaRejected);
         }
         let (code, message) = first_error(&bytes).unwrap_or_else(|| {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use spapi_proxy::sim::{LwaFault, SIM_CLIENT_SECRET, SIM_REFRESH_TOKEN};
+use spapi_proxy::sim::{AmazonAnswer, LwaFault, SIM_CLIENT_SECRET, SIM_REFRESH_TOKEN};
 
 use crate::support::{json, Harness};
 
@@ -166,7 +166,7 @@ async fn a_403_for_a_missing_role_is_not_replayed() {
     // The simulator says "Access to requested resource is denied." when no token arrives,
     // which is also what Amazon says for a missing role: pass it through, no refresh.
     let h = Harness::start().await;
-    h.sim.fail_upstream(403, 1);
+    h.sim.answer_next(AmazonAnswer::AccessDenied, 1);
     let resp = h.get("/sellers/v1/marketplaceParticipations").await;
     assert_eq!(resp.status(), 403);
     assert!(resp.headers().get("x-spapi-proxy-error").is_none());

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use spapi_proxy::forward::amz_date;
+use spapi_proxy::sim::AmazonAnswer;
 
 use crate::support::{config_for, json, Harness};
 
@@ -94,7 +95,7 @@ async fn bodies_and_methods_are_forwarded() {
 #[tokio::test]
 async fn upstream_answers_pass_through_untouched() {
     let h = Harness::start().await;
-    h.sim.fail_upstream(503, 1);
+    h.sim.answer_next(AmazonAnswer::ServiceUnavailable, 1);
     let resp = h.get("/sellers/v1/marketplaceParticipations").await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("x-spapi-proxy-error").is_none());

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use spapi_proxy::sim::AmazonAnswer;
 use tokio::time::Instant;
 
 use crate::support::{json, queued_ms, Harness};
@@ -156,7 +157,7 @@ async fn a_rate_lowered_by_amazon_is_followed_within_one_response() {
 async fn a_429_from_amazon_is_retried_only_when_safe() {
     let h = Harness::limited("").await;
     let item = "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER";
-    h.sim.fail_upstream(429, 1);
+    h.sim.answer_next(AmazonAnswer::QuotaExceeded, 1);
     let resp = h.get(item).await;
     assert_eq!(resp.status(), 200, "GET retried after waiting for quota");
     let statuses: Vec<u16> = h.sim.requests().iter().map(|r| r.status).collect();
@@ -167,7 +168,7 @@ async fn a_429_from_amazon_is_retried_only_when_safe() {
         "the retry waited for the slowed bucket: {queued} ms"
     );
 
-    h.sim.fail_upstream(429, 1);
+    h.sim.answer_next(AmazonAnswer::QuotaExceeded, 1);
     let resp = h
         .client
         .post(h.url("/reports/2021-06-30/reports"))

@@ -124,16 +124,16 @@ async fn an_rdt_amazon_rejects_is_reminted_once() {
 }
 
 #[tokio::test]
-async fn a_refused_mint_reaches_the_client_and_nothing_falls_back_to_lwa() {
+async fn a_refused_mint_for_a_restricted_only_operation_reaches_the_client() {
     let h = Harness::start().await;
-    let reason =
-        "Application does not have access to one or more requested data elements: shippingAddress";
-    h.sim.set_rdt_refusal(Some((403, "Unauthorized", reason)));
-    let resp = h.get("/orders/v0/orders/902-3159896-1390916").await;
+    let reason = "Application do not have access to some or all requested resource";
+    h.sim.deny_restricted_resources(true);
+    let resp = h.get("/orders/v0/orders/902-3159896-1390916/address").await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-spapi-proxy-error"], "rdt_refused");
+    assert!(resp.headers().get("x-spapi-proxy-pii").is_none());
     let body = json(resp).await;
-    assert_eq!(body["errors"][0]["code"], "Unauthorized");
+    assert_eq!(body["errors"][0]["code"], "InvalidInput");
     assert!(body["errors"][0]["message"]
         .as_str()
         .unwrap()

@@ -1,0 +1,91 @@
+//! The simulated Login with Amazon token endpoint.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::fixtures::{json_response, AmazonAnswer};
+use super::{lock, pseudo_random, IssuedToken, LwaFault, State, TokenKind};
+use crate::body::ProxyBody;
+
+/// LWA's error shape. The codes are the ones Amazon's SDKs know (`LWAExceptionErrorCode.java`);
+/// for these, Amazon's description text was not found in public reports, and `error_description`
+/// is optional (RFC 6749 §5.2), so none is sent.
+fn lwa_error(status: u16, error: &str) -> Response<ProxyBody> {
+    json_response(status, json!({ "error": error }))
+}
+
+/// Answers a token request: a refresh_token or client_credentials grant.
+pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
+    state.lwa_calls.fetch_add(1, Ordering::SeqCst);
+    let (fault, latency) = {
+        let s = lock(&state.settings);
+        (s.lwa_fault, s.lwa_latency)
+    };
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Some(LwaFault::ServerError) => return lwa_error(500, "server_error"),
+        Some(LwaFault::InvalidGrant) => return AmazonAnswer::LwaInvalidGrant.response(),
+        Some(LwaFault::InvalidClient) => return AmazonAnswer::LwaInvalidClient.response(),
+        None => {}
+    }
+    let Ok(body) = body else {
+        return lwa_error(400, "invalid_request");
+    };
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let (lifetime, client_ok, refresh_ok) = {
+        let s = lock(&state.settings);
+        (
+            s.token_lifetime,
+            field("client_id") == s.client_id && field("client_secret") == s.client_secret,
+            field("refresh_token") == s.refresh_token,
+        )
+    };
+    if !client_ok {
+        return AmazonAnswer::LwaInvalidClient.response();
+    }
+    let kind = match field("grant_type") {
+        "refresh_token" if form.contains_key("scope") => return lwa_error(400, "invalid_request"),
+        "refresh_token" if refresh_ok => TokenKind::Seller,
+        "refresh_token" => return AmazonAnswer::LwaInvalidGrant.response(),
+        "client_credentials" if form.contains_key("refresh_token") => {
+            return lwa_error(400, "invalid_request")
+        }
+        "client_credentials" if !field("scope").is_empty() => {
+            lock(&state.client_credentials_scopes).push(field("scope").to_string());
+            TokenKind::Grantless {
+                scope: field("scope").to_string(),
+            }
+        }
+        "client_credentials" => return lwa_error(400, "invalid_scope"),
+        _ => return lwa_error(400, "invalid_request"),
+    };
+    let n = state.counter.fetch_add(1, Ordering::SeqCst);
+    let token = format!("Atza|sim-{n}-{:x}", pseudo_random(n));
+    lock(&state.tokens).insert(
+        token.clone(),
+        IssuedToken {
+            expires_at: Instant::now() + lifetime,
+            kind,
+        },
+    );
+    // The documented answer ("Connect to the SP-API"; developer guide, Step 1).
+    json_response(
+        200,
+        json!({
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": lifetime.as_secs(),
+            "refresh_token": field("refresh_token"),
+        }),
+    )
+}

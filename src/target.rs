@@ -1,0 +1,180 @@
+//! One request target, one meaning: what the proxy matches is exactly what Amazon receives.
+//!
+//! A path that an HTTP client or server could read two ways (dot segments, raw or
+//! percent-encoded; empty segments; characters a URL parser re-encodes) is refused before
+//! matching, so that no request can be counted against one operation's bucket, or carry one
+//! operation's RDT, and reach another.
+
+use http::{Method, Uri};
+
+use crate::error::ProxyError;
+
+/// Checks a request target before anything else looks at it. Only origin-form
+/// (`/path?query`) is served; `OPTIONS *`, `CONNECT host:port` and absolute URIs are refused.
+pub fn check(method: &Method, uri: &Uri) -> Result<(), ProxyError> {
+    if *method == Method::CONNECT {
+        return Err(bad(
+            "CONNECT is not served: this is a reverse proxy, not a tunnel",
+        ));
+    }
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(bad(
+            "only origin-form request targets (/path?query) are served, not absolute URIs",
+        ));
+    }
+    check_path(uri.path())
+}
+
+/// The path rules: it starts with `/`, holds only RFC 3986 `pchar`s and `/`, its percent
+/// escapes are well formed, no segment is `.` or `..` in any spelling, and no segment is empty
+/// except after a single trailing slash.
+pub fn check_path(path: &str) -> Result<(), ProxyError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(bad(&format!(
+            "the request target `{}` is not a path (`OPTIONS *` and the like are not served)",
+            printable(path)
+        )));
+    };
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return Err(bad("the path has a `%` that is not a percent escape"));
+                }
+                i += 3;
+                continue;
+            }
+            b if is_pchar(b) || b == b'/' => {}
+            b => return Err(bad(&format!(
+                "the path has the character {:?}, which SP-API paths never hold; percent-encode it",
+                char::from(b)
+            ))),
+        }
+        i += 1;
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (n, segment) in segments.iter().enumerate() {
+        if segment.is_empty() && n != last {
+            return Err(bad("the path has an empty segment (`//`)"));
+        }
+        if is_dot_segment(segment) {
+            return Err(bad(
+                "the path has a `.` or `..` segment (raw or percent-encoded); send the path as it is meant",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3986 `pchar` minus `%` (handled as an escape): unreserved, sub-delims, `:` and `@`.
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+/// `.` or `..`, where each dot may also be written `%2e` or `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
+}
+
+/// At most 100 characters of a client's input, for an error message.
+fn printable(s: &str) -> String {
+    s.chars().take(100).collect()
+}
+
+fn bad(message: &str) -> ProxyError {
+    ProxyError::BadRequest(message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_table() {
+        let cases = [
+            ("plain", "/orders/v0/orders", true),
+            ("trailing slash", "/orders/v0/orders/", true),
+            ("root", "/", true),
+            (
+                "ids as SP-API has them",
+                "/orders/v0/orders/902-3159896-1390916",
+                true,
+            ),
+            (
+                "escaped slash in an id",
+                "/listings/2021-08-01/items/A1/SKU%2F1",
+                true,
+            ),
+            ("plus and comma", "/x/a+b,c", true),
+            ("dots inside a segment", "/fba/a.b/..c/c..", true),
+            ("dot", "/orders/./v0", false),
+            ("dot dot", "/x/../orders/v0/orders", false),
+            ("encoded dot dot", "/x/%2e%2e/orders/v0/orders", false),
+            ("mixed case", "/x/%2E%2e/orders", false),
+            ("half encoded", "/x/.%2E/orders", false),
+            ("encoded dot", "/x/%2e/orders", false),
+            ("trailing dot dot", "/orders/v0/orders/%2e%2e", false),
+            ("trailing dot", "/orders/v0/orders/.", false),
+            ("double slash", "/orders//v0/orders", false),
+            ("leading double slash", "//orders/v0/orders", false),
+            ("backslash", "/orders\\..\\x", false),
+            ("brace", "/x/{id}", false),
+            ("broken escape", "/x/%zz", false),
+            ("short escape", "/x/%2", false),
+            ("asterisk form", "*", false),
+            ("empty", "", false),
+        ];
+        for (name, path, ok) in cases {
+            assert_eq!(check_path(path).is_ok(), ok, "{name}: {path}");
+        }
+    }
+
+    #[test]
+    fn target_forms() {
+        let cases = [
+            (Method::GET, "/orders/v0/orders?MarketplaceIds=X", true),
+            (Method::OPTIONS, "*", false),
+            (Method::GET, "http://evil.example/orders/v0/orders", false),
+            (Method::CONNECT, "evil.example:443", false),
+        ];
+        for (method, target, ok) in cases {
+            let uri: Uri = target.parse().unwrap();
+            assert_eq!(check(&method, &uri).is_ok(), ok, "{method} {target}");
+        }
+    }
+}
