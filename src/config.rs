@@ -523,18 +523,20 @@ fn operation_settings(
                 .map(|r| RestrictedData::parse(&format!("{key}.restricted_data"), &r))
                 .transpose()?,
         };
+        // A bare name may cover several APIs (getOrders): restricted_data applies to those
+        // whose personal data is optional, and is an error only if none is.
+        if settings.restricted_data.is_some() && !ops.iter().any(|o| o.auth.pii_optional()) {
+            return Err(invalid(
+                &format!("{key}.restricted_data"),
+                format!(
+                    "{} has no optional personal data (auth: {}); restricted_data applies to \
+                     operations that work with or without an RDT",
+                    ops[0].qualified(),
+                    ops[0].auth.name()
+                ),
+            ));
+        }
         for op in ops {
-            if settings.restricted_data.is_some() && !op.auth.pii_optional() {
-                return Err(invalid(
-                    &format!("{key}.restricted_data"),
-                    format!(
-                        "{} has no optional personal data (auth: {}); restricted_data applies to \
-                         operations that work with or without an RDT",
-                        op.qualified(),
-                        op.auth.name()
-                    ),
-                ));
-            }
             if let Some(elements) = &settings.data_elements {
                 let allowed: &[String] = match &op.auth {
                     AuthKind::Rdt(spec) => &spec.elements,
@@ -563,7 +565,9 @@ fn operation_settings(
                 .data_elements
                 .clone()
                 .or(entry.data_elements.take());
-            entry.restricted_data = settings.restricted_data.or(entry.restricted_data);
+            if op.auth.pii_optional() {
+                entry.restricted_data = settings.restricted_data.or(entry.restricted_data);
+            }
         }
     }
     Ok(out)
@@ -1312,6 +1316,42 @@ refresh_token = "Atzr|file-refresh"
             ))
             .unwrap();
             assert_eq!(c.endpoint.as_str(), want);
+        }
+    }
+
+    #[test]
+    fn restricted_data_rules() {
+        let c = parse("").unwrap();
+        assert_eq!(c.restricted_data, RestrictedData::Auto);
+        assert_eq!(c.restricted_data_retry, Duration::from_secs(3600));
+        let c = parse(
+            "restricted_data = \"never\"\nrestricted_data_retry = 60\n\
+             [operations.ordersV0.getOrder]\nrestricted_data = \"always\"",
+        )
+        .unwrap();
+        let catalog = Catalog::builtin();
+        let get_order = catalog.by_qualified("ordersV0", "getOrder").unwrap();
+        let get_orders = catalog.by_qualified("ordersV0", "getOrders").unwrap();
+        assert_eq!(c.restricted_data_for(get_order), RestrictedData::Always);
+        assert_eq!(c.restricted_data_for(get_orders), RestrictedData::Never);
+        assert_eq!(c.restricted_data_retry, Duration::from_secs(60));
+        let cases = [
+            ("restricted_data = \"sometimes\"", "restricted_data"),
+            ("restricted_data_retry = -1", "restricted_data_retry"),
+            (
+                "[operations.getOrderAddress]\nrestricted_data = \"never\"",
+                "operations.getOrderAddress.restricted_data",
+            ),
+            (
+                "[operations.getOrders]\nrestricted_data = \"maybe\"",
+                "operations.getOrders.restricted_data",
+            ),
+        ];
+        // A bare name shared with Direct Fulfillment's getOrders applies where it can.
+        let c = parse("[operations.getOrders]\nrestricted_data = \"never\"").unwrap();
+        assert_eq!(c.restricted_data_for(get_orders), RestrictedData::Never);
+        for (text, key) in cases {
+            assert_eq!(err_key(parse(text)), key, "{text}");
         }
     }
 

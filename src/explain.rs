@@ -173,7 +173,7 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
         } => format!(
             "a Restricted Data Token for {} {} ({}), dataElements: {}; \
              override per request with x-spapi-data-elements\n\
-             if refused  {}",
+             if refused   {}",
             resource.method,
             resource.path,
             if resource.path == path {
@@ -243,6 +243,37 @@ mod tests {
 
     fn config() -> Config {
         Config::from_toml_str("", "test", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn explain_says_what_a_role_refusal_leads_to() {
+        let cases = [
+            (
+                "",
+                "/orders/v0/orders/1",
+                "the LWA token, answered without personal data",
+            ),
+            (
+                "restricted_data = \"always\"",
+                "/orders/v0/orders/1",
+                "502 rdt_refused",
+            ),
+            (
+                "restricted_data = \"never\"",
+                "/orders/v0/orders/1",
+                "answered without personal data (restricted_data = \"never\"",
+            ),
+            (
+                "restricted_data = \"never\"",
+                "/orders/v0/orders/1/address",
+                "this operation has no answer without an RDT",
+            ),
+        ];
+        for (toml, path, want) in cases {
+            let config = Config::from_toml_str(toml, "test", &|_| None).unwrap();
+            let out = explain(&config, "GET", path).unwrap();
+            assert!(out.contains(want), "{toml} {path}: {out}");
+        }
     }
 
     #[test]

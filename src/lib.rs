@@ -20,19 +20,23 @@
 //!
 //! ```text
 //! server::serve  accept -> hyper connection (watched for graceful shutdown) -> Proxy::handle
-//! Proxy::handle  /_proxy/* -> own endpoints; otherwise operations::Catalog::find, then Proxy::proxy:
+//! Proxy::handle  target::check (one target, one meaning), then /_proxy/* -> own endpoints;
+//!                otherwise operations::Catalog::find, then Proxy::proxy:
 //!   0. unknown operation: forward under the shared bucket, or 404 if configured to reject
-//!   1. auth::plan     LWA, RDT (path, dataElements) or grantless scope; bad input is a 400 here
+//!   1. auth::plan     LWA, RDT (path, dataElements, what a role refusal leads to) or grantless
+//!                     scope; bad input is a 400 here
 //!   2. read_body      small bodies are held so the request can be replayed
 //!   3. limiter        precheck: a full queue or a wait past max_wait is a 429 now
-//!   4. auth::token    the cached token (single-flight fetch/mint), filled before queueing
+//!   4. auth::token    the cached token (single-flight fetch/mint), filled before queueing; an
+//!                     RDT refused for lack of a role falls back to LWA where PII is optional
 //!   5. limiter        wait our turn in the operation's bucket (FIFO, max_wait)
 //!   6. forward::send  signing headers set, path and query byte for byte, bodies streamed;
 //!                     x-amzn-RateLimit-Limit adapts the bucket
-//!   7. on 403 "token expired/invalid": drop the token, get a new one, replay once
+//!   7. on 403 "token expired/revoked": drop the token, get a new one, replay once
 //!   8. on Amazon's 429: slow the bucket, retry safe methods after waiting for quota
 //!   9. getReport(s) answers teach which report documents are restricted
 //!  10. Amazon's response back untouched (hop-by-hop headers aside) + x-spapi-proxy-queued-ms
+//!      (+ x-spapi-proxy-pii where personal data is optional)
 //! ```
 
 pub mod auth;

@@ -48,10 +48,12 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
                 continue;
             }
             b if is_pchar(b) || b == b'/' => {}
-            b => return Err(bad(&format!(
+            b => {
+                return Err(bad(&format!(
                 "the path has the character {:?}, which SP-API paths never hold; percent-encode it",
                 char::from(b)
-            ))),
+            )))
+            }
         }
         i += 1;
     }

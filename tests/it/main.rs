@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod dialect;
 mod forwarding;
 mod limits;
 mod restricted;
