@@ -334,3 +334,18 @@ async fn a_hung_token_service_costs_one_timeout_not_one_per_retry() {
         "the waiter shared the fetch's timeout"
     );
 }
+
+#[tokio::test]
+async fn a_mint_refused_for_an_expired_lwa_token_refreshes_it_and_mints_again() {
+    let h = Harness::start().await;
+    h.sim
+        .answer_next(AmazonAnswer::ExpiredAccessToken(TokenWording::Current), 1);
+    let resp = h.get(ADDRESS).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.sim.lwa_calls(), 2, "the LWA token was refreshed once");
+    assert_eq!(h.sim.rdt_mints().len(), 1);
+    assert_eq!(
+        statuses_for(&h, "/tokens/2021-03-01/restrictedDataToken"),
+        [403, 200]
+    );
+}
