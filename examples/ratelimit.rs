@@ -69,7 +69,7 @@ async fn main() {
         listener,
         proxy,
         std::future::pending(),
-        Duration::from_secs(1),
+        server::ServerSettings::from_config(&config),
     ));
 
     let waits: Arc<Mutex<HashMap<&str, Vec<u64>>>> = Arc::default();

@@ -166,6 +166,11 @@ struct RawConfig {
     max_queue: Option<usize>,
     throttle_retries: Option<u32>,
     retry_put_patch: Option<bool>,
+    inbound_keys: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    h2c: Option<bool>,
 }
 
 /// `[operations.<name>]`: per-operation settings.
@@ -204,6 +209,8 @@ struct RawTimeouts {
     idle: Option<f64>,
     token: Option<f64>,
     shutdown_grace: Option<f64>,
+    header_read: Option<f64>,
+    client_idle: Option<f64>,
 }
 
 /// The app's LWA credentials and the seller's refresh token, as far as they are configured.
@@ -326,6 +333,11 @@ pub struct Timeouts {
     pub token: Duration,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers, counted from its first byte
+    /// (or, on a new connection, from the connection).
+    pub header_read: Duration,
+    /// How long a client connection may sit idle between requests.
+    pub client_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -336,6 +348,8 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             token: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            header_read: Duration::from_secs(10),
+            client_idle: Duration::from_secs(60),
         }
     }
 }
@@ -388,6 +402,17 @@ pub struct Config {
     pub throttle_retries: u32,
     /// Whether PUT and PATCH count as safe to retry after a 429.
     pub retry_put_patch: bool,
+    /// Keys a client must present (`x-spapi-proxy-key` or `Authorization: Bearer`); none: no
+    /// key needed, which is allowed only on a loopback address.
+    pub inbound_keys: Vec<Secret>,
+    /// Host names, besides loopback names, IP literals and SP-API's hosts, that `Host` may name.
+    pub allowed_hosts: Vec<String>,
+    /// Web page origins allowed to call the proxy (CORS); none by default.
+    pub allowed_origins: Vec<String>,
+    /// Most client connections at once; `None`: derived from the file-descriptor limit.
+    pub max_connections: Option<usize>,
+    /// Whether HTTP/2 with prior knowledge (h2c) is served besides HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// Looks up an environment variable; tests pass a map instead of the process environment.
@@ -415,6 +440,14 @@ fn parse_url(key: &str, s: &str) -> Result<Url, ConfigError> {
         ));
     }
     Ok(url)
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn parse_bool(key: &str, s: &str) -> Result<bool, ConfigError> {
@@ -573,6 +606,26 @@ fn operation_settings(
     Ok(out)
 }
 
+/// Inbound keys: non-empty, printable, no spaces or commas, at least 16 characters.
+fn keys(key: &str, values: Vec<String>) -> Result<Vec<Secret>, ConfigError> {
+    values
+        .into_iter()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                Err(invalid(
+                    key,
+                    "each key must be at least 16 printable characters, without spaces or commas \
+                     (e.g. from `openssl rand -hex 24`)",
+                ))
+            } else {
+                Ok(Secret::new(v))
+            }
+        })
+        .collect()
+}
+
 fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.trim()
         .parse()
@@ -698,6 +751,8 @@ impl Config {
                 t.shutdown_grace,
                 d.shutdown_grace,
             )?,
+            header_read: seconds("timeouts.header_read", t.header_read, d.header_read)?,
+            client_idle: seconds("timeouts.client_idle", t.client_idle, d.client_idle)?,
         };
         let token_retries = raw.token_retries.unwrap_or(3);
         if token_retries > 10 {
@@ -795,6 +850,37 @@ impl Config {
             ));
         }
 
+        let inbound_keys: Vec<Secret> = match env_first(env, &["SPAPI_PROXY_KEYS"]) {
+            Some((k, v)) => keys(k, v.split(',').map(str::to_string).collect())?,
+            None => keys("inbound_keys", raw.inbound_keys.unwrap_or_default())?,
+        };
+        let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
+        if let Some(bad) = allowed_hosts.iter().find(|h| {
+            h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }) {
+            return Err(invalid(
+                "allowed_hosts",
+                format!("`{bad}` is not a host name like proxy.internal (no port, no scheme)"),
+            ));
+        }
+        let allowed_origins = raw.allowed_origins.unwrap_or_default();
+        if let Some(bad) = allowed_origins.iter().find(|o| {
+            !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.trim_end_matches('/') != o.as_str()
+                || o.matches('/').count() != 2
+        }) {
+            return Err(invalid(
+                "allowed_origins",
+                format!("`{bad}` is not an origin like https://tool.example (scheme and host, no path)"),
+            ));
+        }
+        if raw.max_connections == Some(0) {
+            return Err(invalid("max_connections", "at least 1"));
+        }
+
         Ok(Config {
             listen,
             region,
@@ -818,7 +904,29 @@ impl Config {
             max_queue,
             throttle_retries,
             retry_put_patch: raw.retry_put_patch.unwrap_or(false),
+            inbound_keys,
+            allowed_hosts,
+            allowed_origins,
+            max_connections: raw.max_connections,
+            h2c: raw.h2c.unwrap_or(false),
         })
+    }
+
+    /// Refuses to serve a non-loopback address without inbound keys: whoever can reach the
+    /// port could act for the seller.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.inbound_keys.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Missing {
+                key: "inbound_keys".into(),
+                hint: format!(
+                    "listening on {} (not a loopback address) needs at least one key that \
+                     clients must present; set SPAPI_PROXY_KEYS=KEY1,KEY2 or inbound_keys = \
+                     [\"...\"] in proxy.toml, or listen on 127.0.0.1",
+                    self.listen
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Fails unless the app's client id and secret are configured. A refresh token is optional:
@@ -898,7 +1006,11 @@ impl Config {
              unknown_operations  {}\n\
              restricted_data     {} (retry refused dataElements after {:?})\n\
              default limit       {} req/s, burst {}\n\
-             rate_limit          {} (max_wait {:?}, max_queue {}, throttle_retries {}, retry_put_patch {})\n",
+             rate_limit          {} (max_wait {:?}, max_queue {}, throttle_retries {}, retry_put_patch {})\n\
+             inbound_keys        {}\n\
+             allowed_hosts       {}\n\
+             allowed_origins     {}\n\
+             connections         max {}, header_read {:?}, client_idle {:?}, {}\n",
             self.listen,
             self.region.name(),
             if self.sandbox { " (sandbox)" } else { "" },
@@ -932,6 +1044,17 @@ impl Config {
             self.max_queue,
             self.throttle_retries,
             self.retry_put_patch,
+            match self.inbound_keys.len() {
+                0 => "none (loopback only)".to_string(),
+                n => format!("{n} key(s), ***"),
+            },
+            list_or_none(&self.allowed_hosts),
+            list_or_none(&self.allowed_origins),
+            self.max_connections
+                .map_or_else(|| "from the file-descriptor limit".to_string(), |n| n.to_string()),
+            t.header_read,
+            t.client_idle,
+            if self.h2c { "HTTP/1.1 and h2c" } else { "HTTP/1.1 only" },
         ) + &self.describe_operations()
     }
 

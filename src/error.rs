@@ -50,6 +50,15 @@ pub enum ProxyError {
     /// The client's request body broke off (bad chunking, a hang-up): the client's fault.
     #[error("bad request: the request body could not be read: {0}")]
     ClientBody(String),
+    /// No inbound key, or a wrong one.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// `Host` names something other than this proxy (DNS rebinding, or a misdirected request).
+    #[error("the Host `{0}` is not this proxy's; add it to allowed_hosts if it is")]
+    HostNotAllowed(String),
+    /// A web page of another site tried to use the proxy.
+    #[error("cross-site request refused: {0}")]
+    CrossSite(String),
     /// No SP-API operation has this method and path, and the config says to reject such requests.
     #[error("no SP-API operation matches {method} {path}")]
     NoRoute {
@@ -89,6 +98,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::CrossSite(_) => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Token(TokenError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Token(TokenError::Refused { .. })
@@ -107,6 +119,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "bad_request",
             ProxyError::NoRoute { .. } => "unknown_operation",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::HostNotAllowed(_) => "host_not_allowed",
+            ProxyError::CrossSite(_) => "cross_site_refused",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Token(TokenError::Refused { service: "rdt", .. }) => "rdt_refused",
             ProxyError::Token(TokenError::Refused { .. }) => "token_refused",
@@ -126,6 +141,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "InvalidInput".into(),
             ProxyError::NoRoute { .. } => "NotFound".into(),
+            ProxyError::Unauthorized(_) | ProxyError::CrossSite(_) => "Unauthorized".into(),
+            ProxyError::HostNotAllowed(_) => "InvalidInput".into(),
             ProxyError::RateLimited { .. } => "QuotaExceeded".into(),
             ProxyError::Token(
                 TokenError::Refused { code, .. } | TokenError::PiiNotPermitted { code, .. },
@@ -182,6 +199,12 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.kind()));
+        if let ProxyError::Unauthorized(_) = &self {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         if let ProxyError::RateLimited {
             retry_after_secs, ..
         } = &self
@@ -261,6 +284,24 @@ mod tests {
                 "upstream_timeout",
             ),
             ("bug", ProxyError::Internal("x".into()), 500, "internal"),
+            (
+                "no key",
+                ProxyError::Unauthorized("x".into()),
+                401,
+                "unauthorized",
+            ),
+            (
+                "foreign host",
+                ProxyError::HostNotAllowed("x".into()),
+                421,
+                "host_not_allowed",
+            ),
+            (
+                "web page",
+                ProxyError::CrossSite("x".into()),
+                403,
+                "cross_site_refused",
+            ),
             (
                 "client body broke",
                 ProxyError::ClientBody("x".into()),

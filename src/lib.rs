@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: `proxy.toml` and the environment, validated into a [`config::Config`].
-//! - [`server`]: sockets, connections, graceful shutdown.
+//! - [`server`]: sockets, connections (timeouts, the connection cap), graceful shutdown.
+//! - [`access`]: who may act through the proxy: inbound keys, `Host`, browsers.
 //! - [`proxy`]: the request pipeline; every error becomes a response here.
 //! - [`operations`]: the SP-API operation catalog and the (method, path) matcher.
 //! - [`limiter`]: token buckets per operation, the wait queue, Amazon's rate header.
@@ -39,6 +40,7 @@
 //!      (+ x-spapi-proxy-pii where personal data is optional)
 //! ```
 
+pub mod access;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -30,7 +30,7 @@ enum Command {
     Serve(ServeArgs),
     /// Run the proxy against a built-in SP-API simulator; needs no credentials.
     Demo {
-        /// Address to listen on.
+        /// Address to listen on (loopback only: the demo has no inbound keys).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
@@ -45,6 +45,12 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Exit 0 if a running proxy answers /_proxy/health (for container health checks).
+    Health {
+        /// The proxy's base URL (default: from SPAPI_LISTEN, else http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Print what the proxy would do with a request: operation, rate limit, token, upstream URL.
     Explain {
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Some(Command::Demo { listen }) => runtime.block_on(demo(listen)),
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Operations { json }) => operations(json),
+        Some(Command::Health { url }) => runtime.block_on(health(url)),
         Some(Command::Explain {
             method,
             path,
@@ -149,8 +156,57 @@ fn explain(method: &str, path: &str, config: Option<&Path>) -> ExitCode {
     }
 }
 
+/// The health URL: `--url`, or the listen address from SPAPI_LISTEN (0.0.0.0 becomes 127.0.0.1).
+fn health_url(url: Option<String>) -> String {
+    let base = url.unwrap_or_else(|| {
+        let listen = std::env::var("SPAPI_LISTEN")
+            .ok()
+            .and_then(|l| l.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let ip = if listen.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            listen.ip()
+        };
+        format!("http://{}", SocketAddr::new(ip, listen.port()))
+    });
+    format!("{}/_proxy/health", base.trim_end_matches('/'))
+}
+
+async fn health(url: Option<String>) -> ExitCode {
+    let url = health_url(url);
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(&url).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("healthy: {url}");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check(path: Option<&Path>) -> ExitCode {
-    match load_config(path).and_then(|c| c.require_credentials().map(|()| c)) {
+    match load_config(path)
+        .and_then(|c| c.require_credentials().map(|()| c))
+        .and_then(|c| c.check_exposure().map(|()| c))
+    {
         Ok(config) => {
             print!("{}", config.describe());
             println!("configuration OK");
@@ -184,6 +240,9 @@ async fn run(config: Config) -> ExitCode {
 
 /// Builds the proxy, binds, reports the address, and serves until SIGINT or SIGTERM.
 async fn serve_until_signal(config: &Config, listening: impl FnOnce(SocketAddr)) -> ExitCode {
+    if let Err(e) = config.check_exposure() {
+        return config_error(&e);
+    }
     let proxy = match Proxy::new(config) {
         Ok(p) => Arc::new(p),
         Err(e) => return config_error(&e),
@@ -198,14 +257,15 @@ async fn serve_until_signal(config: &Config, listening: impl FnOnce(SocketAddr))
             return ExitCode::FAILURE;
         }
     };
+    let fd_limit = server::raise_fd_limit();
+    let settings = server::ServerSettings::from_config(config);
+    tracing::info!(
+        fd_limit,
+        max_connections = settings.max_connections,
+        "file-descriptor limit raised to the hard limit"
+    );
     listening(listener.local_addr().unwrap_or(config.listen));
-    server::serve(
-        listener,
-        proxy,
-        server::shutdown_signal(),
-        config.timeouts.shutdown_grace,
-    )
-    .await;
+    server::serve(listener, proxy, server::shutdown_signal(), settings).await;
     ExitCode::SUCCESS
 }
 

@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tracing::Instrument;
 
+use crate::access::{self, Access};
 use crate::auth::{self, Auth};
 use crate::body::{full, ClientBody, ProxyBody};
 use crate::config::{Config, ConfigError, UnknownOperations};
@@ -64,6 +65,7 @@ fn own_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 #[derive(Debug)]
 pub struct Proxy {
     config: Arc<Config>,
+    access: Access,
     catalog: &'static Catalog,
     limiter: Arc<Limiter>,
     auth: Auth,
@@ -108,6 +110,7 @@ impl Proxy {
         let config = Arc::new(config.clone());
         let limiter = Arc::new(Limiter::new(Arc::clone(&config)));
         Ok(Proxy {
+            access: Access::new(&config),
             catalog: Catalog::builtin(),
             auth: Auth::new(&config, http.clone(), Arc::clone(&limiter))?,
             limiter,
@@ -135,13 +138,14 @@ impl Proxy {
             %path,
             op = op.map_or("-", |o| o.id.as_str())
         );
-        // One request target, one meaning: refused before matching, token or forwarding.
-        let result = match target::check(&method, req.uri()) {
+        let mut cors_origin = None;
+        let result = match self.admit(&req, &path, &mut cors_origin) {
             Err(e) => Err(e),
-            Ok(()) if own => self.own_endpoint(&method, &path).instrument(span).await,
-            Ok(()) => self.proxy(req, op).instrument(span).await,
+            Ok(Some(preflight)) => Ok(preflight),
+            Ok(None) if own => self.own_endpoint(&method, &path).instrument(span).await,
+            Ok(None) => self.proxy(req, op).instrument(span).await,
         };
-        let response = match result {
+        let mut response = match result {
             Ok(r) => r,
             Err(e) => {
                 if let ProxyError::ClientBody(_) = e {
@@ -155,6 +159,9 @@ impl Proxy {
                 e.into_response()
             }
         };
+        if let Some(origin) = cors_origin {
+            Access::cors(origin, response.headers_mut());
+        }
         tracing::info!(
             %method,
             %path,
@@ -169,6 +176,32 @@ impl Proxy {
             "request"
         );
         response
+    }
+
+    /// Everything decided before a request may do anything, cheapest and most general first:
+    /// one target, one meaning; `Host` names this proxy; no other site's web page; the inbound
+    /// key (except for `/_proxy/health`). A CORS preflight from an allowed origin is answered
+    /// here. `cors_origin` is set to the allowed origin an answer must carry CORS headers for.
+    fn admit(
+        &self,
+        req: &Request<Incoming>,
+        path: &str,
+        cors_origin: &mut Option<http::HeaderValue>,
+    ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
+        target::check(req.method(), req.uri(), |a| self.access.authority_allowed(a))?;
+        let headers = req.headers();
+        self.access.check_host(headers)?;
+        *cors_origin = self.access.check_browser(headers)?;
+        if let Some(origin) = cors_origin.clone() {
+            if access::is_preflight(req.method(), headers) {
+                *cors_origin = None;
+                return Ok(Some(self.access.preflight(origin)));
+            }
+        }
+        if path != "/_proxy/health" {
+            self.access.check_key(headers)?;
+        }
+        Ok(None)
     }
 
     async fn proxy(

@@ -1,28 +1,106 @@
 //! Sockets, connections and graceful shutdown; knows nothing about SP-API.
+//!
+//! Every connection is watched: a client gets `header_read` to send a request's headers
+//! (counted from its first byte, or from the connection on a new one) and `client_idle`
+//! between requests, and at most `max_connections` are open at once. Past the cap, the idlest
+//! connection without a request in flight is closed to make room; if every connection is busy,
+//! the newcomer is closed. So silent or slow clients cannot hold every file descriptor.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
+use crate::body::{BoxError, ProxyBody};
+use crate::config::Config;
 use crate::proxy::Proxy;
 
+/// Most request headers hyper accepts (more is a 431).
+const MAX_HEADERS: usize = 100;
+
+/// What the server needs to know, taken from the config once.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// How long in-flight requests may run on after shutdown starts.
+    pub grace: Duration,
+    /// Time allowed for a request's headers.
+    pub header_read: Duration,
+    /// Time allowed between requests on a keep-alive connection.
+    pub client_idle: Duration,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Serve h2c (HTTP/2 with prior knowledge) besides HTTP/1.1.
+    pub h2c: bool,
+}
+
+impl ServerSettings {
+    /// The settings in `config`; without `max_connections`, the cap comes from the current
+    /// file-descriptor limit less a reserve for upstream and token connections.
+    pub fn from_config(config: &Config) -> ServerSettings {
+        ServerSettings {
+            grace: config.timeouts.shutdown_grace,
+            header_read: config.timeouts.header_read,
+            client_idle: config.timeouts.client_idle,
+            max_connections: config.max_connections.unwrap_or_else(default_max_connections),
+            h2c: config.h2c,
+        }
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` less an eighth (at least 64) for upstream, token and log files.
+pub fn default_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
+    soft.saturating_sub((soft / 8).max(64)).max(16)
+}
+
+/// Raises the soft file-descriptor limit to the hard one, so the cap can be as high as the
+/// system allows; returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the file-descriptor limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
+        }
+    }
+}
+
 /// Serves `proxy` on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish for up to `grace` before returning.
+/// finish for up to `settings.grace` before returning.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
+    settings: ServerSettings,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_headers(MAX_HEADERS);
+    let builder = if settings.h2c {
+        builder
+    } else {
+        builder.http1_only()
+    };
+    let builder = Arc::new(builder);
+    let settings = Arc::new(settings);
+    let registry = Arc::new(Registry::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection task holds a sender; when all are gone, every connection has ended.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -36,31 +114,325 @@ pub async fn serve(
                         continue;
                     }
                 };
+                if !registry.make_room(settings.max_connections) {
+                    tracing::warn!(%peer, max = settings.max_connections, "every connection is busy; closing the new one");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
-                let proxy = Arc::clone(&proxy);
-                let service = service_fn(move |req| {
-                    let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
+                let conn = registry.add();
+                tokio::spawn(serve_connection(
+                    stream,
+                    Arc::clone(&proxy),
+                    Arc::clone(&builder),
+                    Arc::clone(&settings),
+                    conn,
+                    Arc::clone(&registry),
+                    stop_rx.clone(),
+                    done_tx.clone(),
+                ));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!(
-        ?grace,
+        grace = ?settings.grace,
         "shutting down: no new connections; finishing in-flight requests"
     );
+    let _ = stop_tx.send(true);
+    drop(done_tx);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; dropping remaining connections"),
+        _ = done_rx.recv() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(settings.grace) => tracing::warn!("grace period over; dropping remaining connections"),
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "one connection task's parts, passed once")]
+async fn serve_connection(
+    stream: TcpStream,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<ServerSettings>,
+    state: Arc<ConnState>,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+    _done: mpsc::Sender<()>,
+) {
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        state: Arc::clone(&state),
+    });
+    let service_state = Arc::clone(&state);
+    let service = service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        let state = Arc::clone(&service_state);
+        state.request_started();
+        async move {
+            let response = proxy.handle(req).await;
+            let (parts, body) = response.into_parts();
+            let body = InFlight {
+                body,
+                _guard: RequestGuard(state),
+            };
+            Ok::<_, Infallible>(hyper::Response::from_parts(parts, body))
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let deadline = state.deadline(&settings);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(deadline), if !stopping => {
+                if state.expired(&settings) {
+                    tracing::debug!("closing a client connection: header_read or client_idle passed");
+                    break;
+                }
+            }
+            () = state.wake.notified() => {}
+            () = state.shed.notified(), if !stopping => {
+                tracing::debug!("closing an idle client connection to make room");
+                break;
+            }
+            changed = stop.changed(), if !stopping => {
+                // The sender is gone or said stop: either way, finish what is in flight.
+                let _ = changed;
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    registry.remove(state.id);
+}
+
+/// Open connections, for the cap.
+#[derive(Default)]
+struct Registry {
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<ConnState>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self) -> Arc<ConnState> {
+        let state = Arc::new(ConnState::new(self.next_id.fetch_add(1, Ordering::Relaxed)));
+        self.lock().insert(state.id, Arc::clone(&state));
+        state
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Below the cap, or an idle connection was told to close (the idlest, and not one
+    /// already told): the newcomer may be served.
+    fn make_room(&self, max: usize) -> bool {
+        let open = self.lock();
+        let closing = open
+            .values()
+            .filter(|c| c.shedding.load(Ordering::Relaxed) == 1)
+            .count();
+        if open.len().saturating_sub(closing) < max {
+            return true;
+        }
+        let idlest = open
+            .values()
+            .filter(|c| c.in_flight.load(Ordering::Acquire) == 0)
+            .filter(|c| c.shedding.load(Ordering::Relaxed) == 0)
+            .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
+        match idlest {
+            Some(c) => {
+                c.shedding.store(1, Ordering::Relaxed);
+                c.shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What the watchdog knows about one connection. Times are milliseconds since `epoch`.
+struct ConnState {
+    id: u64,
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Requests started on this connection.
+    requests: AtomicU64,
+    /// Last time a request finished, or bytes arrived.
+    last_active: AtomicU64,
+    /// When the first byte of a request head arrived while no request was in flight (+1; 0:
+    /// no head under way).
+    head_started: AtomicU64,
+    shedding: AtomicU64,
+    shed: Notify,
+    /// Told when a request finishes, so the watchdog looks again at once.
+    wake: Notify,
+}
+
+impl ConnState {
+    fn new(id: u64) -> ConnState {
+        ConnState {
+            id,
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last_active: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            shedding: AtomicU64::new(0),
+            shed: Notify::new(),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn bytes_read(&self) {
+        let now = self.now_ms();
+        self.last_active.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let _ = self.head_started.compare_exchange(
+                0,
+                now + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+    }
+
+    fn request_finished(&self) {
+        self.last_active.store(self.now_ms(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// When the connection should be looked at next.
+    fn deadline(&self, s: &ServerSettings) -> Instant {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let at = if self.in_flight.load(Ordering::Acquire) > 0 {
+            // Busy: nothing to enforce; look again later.
+            self.now_ms().saturating_add(ms(s.client_idle))
+        } else {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 if self.requests.load(Ordering::Relaxed) == 0 => ms(s.header_read),
+                0 => self
+                    .last_active
+                    .load(Ordering::Relaxed)
+                    .saturating_add(ms(s.client_idle)),
+                started => (started - 1).saturating_add(ms(s.header_read)),
+            }
+        };
+        self.epoch + Duration::from_millis(at)
+    }
+
+    /// Whether the connection has had its time: no request in flight, and past its deadline.
+    fn expired(&self, s: &ServerSettings) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= self.deadline(s)
+    }
+}
+
+/// The client's socket, noting when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Marks a request finished when its response body is done (or dropped).
+struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct InFlight {
+    body: ProxyBody,
+    _guard: RequestGuard,
+}
+
+impl Body for InFlight {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -89,5 +461,78 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        ServerSettings {
+            grace: Duration::from_secs(1),
+            header_read: Duration::from_secs(10),
+            client_idle: Duration::from_secs(60),
+            max_connections: 2,
+            h2c: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_new_connection_gets_header_read() {
+        let c = ConnState::new(1);
+        let s = settings();
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(!c.expired(&s));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(c.expired(&s));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_head_gets_header_read_from_its_first_byte() {
+        let c = ConnState::new(1);
+        let s = settings();
+        c.request_started();
+        c.request_finished();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        c.bytes_read();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        c.bytes_read();
+        assert!(!c.expired(&s), "a byte a second does not reset the clock");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(c.expired(&s));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_gets_client_idle_and_busy_never_expires() {
+        let c = ConnState::new(1);
+        let s = settings();
+        c.request_started();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(!c.expired(&s), "a long request is not idle");
+        c.request_finished();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!c.expired(&s));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(c.expired(&s));
+    }
+
+    #[test]
+    fn past_the_cap_the_idlest_idle_connection_is_shed() {
+        let r = Registry::default();
+        let busy = r.add();
+        busy.request_started();
+        let idle = r.add();
+        assert!(r.make_room(2), "sheds the idle one");
+        assert_eq!(idle.shedding.load(Ordering::Relaxed), 1);
+        assert_eq!(busy.shedding.load(Ordering::Relaxed), 0);
+        let newcomer = r.add();
+        newcomer.request_started();
+        assert!(!r.make_room(2), "the rest are busy");
+        r.remove(idle.id);
+        assert!(!r.make_room(2), "still two busy ones");
+        newcomer.request_finished();
+        assert!(r.make_room(2));
+        assert_eq!(newcomer.shedding.load(Ordering::Relaxed), 1);
     }
 }

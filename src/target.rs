@@ -9,18 +9,28 @@ use http::{Method, Uri};
 
 use crate::error::ProxyError;
 
-/// Checks a request target before anything else looks at it. Only origin-form
-/// (`/path?query`) is served; `OPTIONS *`, `CONNECT host:port` and absolute URIs are refused.
-pub fn check(method: &Method, uri: &Uri) -> Result<(), ProxyError> {
+/// Checks a request target before anything else looks at it. Origin-form (`/path?query`) is
+/// served, and absolute-form (`http://host/path`) when `authority_allowed` says its authority
+/// names this proxy; `OPTIONS *`, `CONNECT host:port` and everything else are refused.
+pub fn check(
+    method: &Method,
+    uri: &Uri,
+    authority_allowed: impl Fn(&str) -> bool,
+) -> Result<(), ProxyError> {
     if *method == Method::CONNECT {
         return Err(bad(
             "CONNECT is not served: this is a reverse proxy, not a tunnel",
         ));
     }
-    if uri.scheme().is_some() || uri.authority().is_some() {
-        return Err(bad(
-            "only origin-form request targets (/path?query) are served, not absolute URIs",
-        ));
+    if let Some(authority) = uri.authority() {
+        let http = matches!(uri.scheme_str(), Some("http" | "https"));
+        if !http || !authority_allowed(authority.as_str()) {
+            return Err(ProxyError::HostNotAllowed(
+                authority.as_str().chars().take(100).collect(),
+            ));
+        }
+    } else if uri.scheme().is_some() {
+        return Err(bad("the request target has a scheme but no host"));
     }
     check_path(uri.path())
 }
@@ -170,13 +180,16 @@ mod tests {
     fn target_forms() {
         let cases = [
             (Method::GET, "/orders/v0/orders?MarketplaceIds=X", true),
+            (Method::GET, "http://localhost:8080/orders/v0/orders", true),
+            (Method::GET, "http://localhost:8080/x/%2e%2e/orders", false),
             (Method::OPTIONS, "*", false),
             (Method::GET, "http://evil.example/orders/v0/orders", false),
             (Method::CONNECT, "evil.example:443", false),
         ];
         for (method, target, ok) in cases {
             let uri: Uri = target.parse().unwrap();
-            assert_eq!(check(&method, &uri).is_ok(), ok, "{method} {target}");
+            let allowed = |a: &str| a.starts_with("localhost");
+            assert_eq!(check(&method, &uri, allowed).is_ok(), ok, "{method} {target}");
         }
     }
 }

@@ -79,13 +79,15 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut settings = server::ServerSettings::from_config(&config);
+        settings.grace = Duration::from_secs(5);
         let task = tokio::spawn(server::serve(
             listener,
             proxy,
             async {
                 let _ = stopped.await;
             },
-            Duration::from_secs(5),
+            settings,
         ));
         Harness {
             sim,
