@@ -10,8 +10,11 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/spapi-proxy /usr/local/bin/spapi-proxy
 COPY proxy.toml /etc/spapi-proxy/proxy.toml
 USER nonroot:nonroot
-# Inside a container the proxy must listen on all interfaces to be reachable.
+# Inside a container the proxy must listen on all interfaces to be reachable, so it starts only
+# with inbound keys: pass SPAPI_PROXY_KEYS (the binary exits 64 without them).
 ENV SPAPI_LISTEN=0.0.0.0:8080
 EXPOSE 8080
+# The distroless image has no curl: the binary checks /_proxy/health itself.
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD ["/usr/local/bin/spapi-proxy", "health"]
 ENTRYPOINT ["/usr/local/bin/spapi-proxy"]
 CMD ["serve", "--config", "/etc/spapi-proxy/proxy.toml"]

@@ -110,16 +110,19 @@ impl Access {
         if self.keys.is_empty() {
             return Ok(());
         }
-        let presented = headers.get(KEY_HEADER).map(HeaderValue::as_bytes).or_else(|| {
-            headers
-                .get(AUTHORIZATION)
-                .map(HeaderValue::as_bytes)
-                .and_then(|v| {
-                    v.get(..7)
-                        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-                        .map(|_| v[7..].trim_ascii())
-                })
-        });
+        let presented = headers
+            .get(KEY_HEADER)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| {
+                headers
+                    .get(AUTHORIZATION)
+                    .map(HeaderValue::as_bytes)
+                    .and_then(|v| {
+                        v.get(..7)
+                            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+                            .map(|_| v[7..].trim_ascii())
+                    })
+            });
         let Some(presented) = presented else {
             return Err(ProxyError::Unauthorized(
                 "no key: send x-spapi-proxy-key: KEY or Authorization: Bearer KEY".into(),
@@ -250,15 +253,34 @@ mod tests {
         let a = access("allowed_origins = [\"https://tool.example\"]");
         let cases = [
             ("curl", vec![], true),
-            ("same origin fetch", vec![("sec-fetch-site", "same-origin")], true),
-            ("typed in the address bar", vec![("sec-fetch-site", "none")], true),
-            ("cross-site, no origin", vec![("sec-fetch-site", "cross-site")], false),
+            (
+                "same origin fetch",
+                vec![("sec-fetch-site", "same-origin")],
+                true,
+            ),
+            (
+                "typed in the address bar",
+                vec![("sec-fetch-site", "none")],
+                true,
+            ),
+            (
+                "cross-site, no origin",
+                vec![("sec-fetch-site", "cross-site")],
+                false,
+            ),
             ("same-site", vec![("sec-fetch-site", "same-site")], false),
-            ("foreign origin", vec![("origin", "https://evil.example")], false),
+            (
+                "foreign origin",
+                vec![("origin", "https://evil.example")],
+                false,
+            ),
             ("null origin", vec![("origin", "null")], false),
             (
                 "allowed origin",
-                vec![("origin", "https://tool.example"), ("sec-fetch-site", "cross-site")],
+                vec![
+                    ("origin", "https://tool.example"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
                 true,
             ),
         ];
@@ -275,12 +297,36 @@ mod tests {
     fn key_table() {
         let a = access("inbound_keys = [\"key-one-0123456789\", \"key-two-0123456789\"]");
         let cases = [
-            ("header", vec![("x-spapi-proxy-key", "key-two-0123456789")], true),
-            ("bearer", vec![("authorization", "Bearer key-one-0123456789")], true),
-            ("bearer any case", vec![("authorization", "bearer key-one-0123456789")], true),
-            ("wrong", vec![("x-spapi-proxy-key", "key-six-0123456789")], false),
-            ("prefix of a key", vec![("x-spapi-proxy-key", "key-one-012345678")], false),
-            ("basic auth", vec![("authorization", "Basic key-one-0123456789")], false),
+            (
+                "header",
+                vec![("x-spapi-proxy-key", "key-two-0123456789")],
+                true,
+            ),
+            (
+                "bearer",
+                vec![("authorization", "Bearer key-one-0123456789")],
+                true,
+            ),
+            (
+                "bearer any case",
+                vec![("authorization", "bearer key-one-0123456789")],
+                true,
+            ),
+            (
+                "wrong",
+                vec![("x-spapi-proxy-key", "key-six-0123456789")],
+                false,
+            ),
+            (
+                "prefix of a key",
+                vec![("x-spapi-proxy-key", "key-one-012345678")],
+                false,
+            ),
+            (
+                "basic auth",
+                vec![("authorization", "Basic key-one-0123456789")],
+                false,
+            ),
             ("none", vec![], false),
         ];
         for (name, pairs, ok) in cases {

@@ -874,7 +874,9 @@ impl Config {
         }) {
             return Err(invalid(
                 "allowed_origins",
-                format!("`{bad}` is not an origin like https://tool.example (scheme and host, no path)"),
+                format!(
+                    "`{bad}` is not an origin like https://tool.example (scheme and host, no path)"
+                ),
             ));
         }
         if raw.max_connections == Some(0) {

@@ -21,8 +21,9 @@
 //!
 //! ```text
 //! server::serve  accept -> hyper connection (watched for graceful shutdown) -> Proxy::handle
-//! Proxy::handle  target::check (one target, one meaning), then /_proxy/* -> own endpoints;
-//!                otherwise operations::Catalog::find, then Proxy::proxy:
+//! Proxy::handle  Proxy::admit: target::check (one target, one meaning), access (Host, Origin,
+//!                inbound key); then /_proxy/* -> own endpoints; otherwise
+//!                operations::Catalog::find, then Proxy::proxy:
 //!   0. unknown operation: forward under the shared bucket, or 404 if configured to reject
 //!   1. auth::plan     LWA, RDT (path, dataElements, what a role refusal leads to) or grantless
 //!                     scope; bad input is a 400 here

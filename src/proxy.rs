@@ -188,7 +188,9 @@ impl Proxy {
         path: &str,
         cors_origin: &mut Option<http::HeaderValue>,
     ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
-        target::check(req.method(), req.uri(), |a| self.access.authority_allowed(a))?;
+        target::check(req.method(), req.uri(), |a| {
+            self.access.authority_allowed(a)
+        })?;
         let headers = req.headers();
         self.access.check_host(headers)?;
         *cors_origin = self.access.check_browser(headers)?;

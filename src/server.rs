@@ -55,7 +55,9 @@ impl ServerSettings {
             grace: config.timeouts.shutdown_grace,
             header_read: config.timeouts.header_read,
             client_idle: config.timeouts.client_idle,
-            max_connections: config.max_connections.unwrap_or_else(default_max_connections),
+            max_connections: config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
             h2c: config.h2c,
         }
     }
@@ -147,7 +149,10 @@ pub async fn serve(
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one connection task's parts, passed once")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection task's parts, passed once"
+)]
 async fn serve_connection(
     stream: TcpStream,
     proxy: Arc<Proxy>,

@@ -189,7 +189,11 @@ mod tests {
         for (method, target, ok) in cases {
             let uri: Uri = target.parse().unwrap();
             let allowed = |a: &str| a.starts_with("localhost");
-            assert_eq!(check(&method, &uri, allowed).is_ok(), ok, "{method} {target}");
+            assert_eq!(
+                check(&method, &uri, allowed).is_ok(),
+                ok,
+                "{method} {target}"
+            );
         }
     }
 }

@@ -10,16 +10,16 @@ use spapi_proxy::sim::{LwaFault, Simulator, SIM_CLIENT_SECRET, SIM_REFRESH_TOKEN
 
 use crate::support::sim_env;
 
-const BIN: &str = env!("CARGO_BIN_EXE_spapi-proxy");
+pub const BIN: &str = env!("CARGO_BIN_EXE_spapi-proxy");
 
 /// A fresh directory with no `proxy.toml` in it, so the binary reads only what a test gives it.
-fn scratch_dir(name: &str) -> PathBuf {
+pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("spapi-proxy-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn command(dir: &PathBuf) -> Command {
+pub fn command(dir: &PathBuf) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir).env_clear();
     cmd
@@ -88,20 +88,26 @@ fn serve_without_credentials_suggests_demo() {
 }
 
 /// Runs the binary at trace level against the simulator and collects everything it logs.
-struct LoggedProxy {
+pub struct LoggedProxy {
     child: std::process::Child,
-    addr: String,
+    pub addr: String,
     logs: Arc<Mutex<String>>,
 }
 
 impl LoggedProxy {
     fn start(sim: &Simulator, args: &[&str]) -> LoggedProxy {
         let dir = scratch_dir("trace");
-        let mut child = command(&dir)
-            .args(args)
+        let mut cmd = command(&dir);
+        cmd.args(args)
             .args(["--listen", "127.0.0.1:0"])
             .envs(sim_env(sim))
-            .env("RUST_LOG", "trace")
+            .env("RUST_LOG", "trace");
+        LoggedProxy::spawn(cmd)
+    }
+
+    /// Runs `cmd` (the binary, or a wrapper running it) and waits for its address.
+    pub fn spawn(mut cmd: Command) -> LoggedProxy {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,7 +135,7 @@ impl LoggedProxy {
         LoggedProxy { child, addr, logs }
     }
 
-    fn stop(mut self) -> String {
+    pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(100));

@@ -9,4 +9,5 @@ mod dialect;
 mod forwarding;
 mod limits;
 mod restricted;
+mod security;
 mod shutdown;

@@ -153,14 +153,28 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
 }
 
 /// Sends raw bytes to `base` (`http://host:port`) and returns what came back until the server
-/// closed the connection or 5 s passed: for requests no HTTP client library would send.
+/// closed the connection, 5 s passed, or nothing more came for 500 ms after an answer began:
+/// for requests no HTTP client library would send.
 pub async fn raw(base: &str, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
+    // The server may close before it has read everything (a refused huge header).
+    let _ = stream.write_all(request).await;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let wait = if out.is_empty() {
+            Duration::from_secs(5).saturating_sub(started.elapsed())
+        } else {
+            Duration::from_millis(500)
+        };
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 
