@@ -1,14 +1,32 @@
-//! The upstream side: header hygiene, the SP-API signing headers, and sending over one pooled client.
+//! The upstream side: header hygiene, the SP-API signing headers, and sending over a small
+//! keep-alive pool of hyper HTTP/1 connections (rustls for HTTPS).
+//!
+//! The request target goes out exactly as it came in (`/path?query`, no URL parsing), the
+//! headers are built in one filtered pass, and the values that repeat (the date within a second,
+//! the token, the user-agent) are built once and shared.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::Method;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::Url;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
 
+use crate::body::{BoxError, ClientBody};
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::secret::Secret;
 
 /// Our part of the `user-agent`; SP-API requires `Language=` in it.
 pub const PROXY_USER_AGENT: &str = concat!(
@@ -20,83 +38,145 @@ pub const PROXY_USER_AGENT: &str = concat!(
 /// SP-API rejects a `user-agent` longer than this.
 const MAX_USER_AGENT: usize = 500;
 
-/// Headers that describe one connection, not the message, so a proxy must not forward them
-/// (RFC 9110 §7.6.1), plus `proxy-authorization`, which is meant for us, not for Amazon.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// Headers the proxy sets itself, so whatever the client sent for them is dropped, never doubled.
-/// `authorization` goes too: SP-API ignores SigV4 since 2023, and a client's credential for
-/// something else must not leak to Amazon.
-const REPLACED: [&str; 5] = [
-    "host",
-    "authorization",
-    "x-amz-access-token",
-    "x-amz-date",
-    "user-agent",
-];
-
-/// `expect: 100-continue` was answered by our server when it read the body; the upstream
-/// request is sent whole, so passing it on would only make Amazon send a stray 100.
-const ANSWERED_HERE: [&str; 1] = ["expect"];
+/// The access token header SP-API reads.
+pub const X_AMZ_ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-amz-access-token");
+/// The request time header.
+pub const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The proxy's own request headers (`x-spapi-*`) steer the proxy and are never forwarded.
 pub const OWN_HEADER_PREFIX: &str = "x-spapi-";
 
-/// Removes hop-by-hop headers, including any that `Connection` names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
+/// Headers that describe one connection, not the message, so a proxy must not forward them
+/// (RFC 9110 §7.6.1), plus `proxy-authorization`, which is meant for us, not for Amazon.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
+/// Request headers Amazon never gets from the client: hop-by-hop ones; those the proxy sets
+/// itself (so they are replaced, never doubled); `authorization` (SP-API ignores SigV4 since
+/// 2023, and a client's credential for something else must not leak to Amazon); `expect`
+/// (our server answered 100-continue; the upstream request is sent whole); and `x-spapi-*`.
+fn is_dropped_request_header(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || *name == header::HOST
+        || *name == header::AUTHORIZATION
+        || *name == header::USER_AGENT
+        || *name == header::EXPECT
+        || *name == X_AMZ_ACCESS_TOKEN
+        || *name == X_AMZ_DATE
+        || name.as_str().starts_with(OWN_HEADER_PREFIX)
+}
+
+/// The names a `Connection` header lists (each is hop-by-hop for this message).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+        .collect()
+}
+
+/// Removes hop-by-hop headers, including any that `Connection` names, in one pass over the
+/// names (a response usually has `connection` and nothing else of the kind).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            doomed.push(name.clone());
+        }
     }
-    for name in HOP_BY_HOP {
+    if doomed.is_empty() {
+        return;
+    }
+    if doomed.contains(&header::CONNECTION) {
+        doomed.extend(connection_listed(headers));
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
 
-/// The headers Amazon receives: the client's, cleaned, plus token, date and user-agent.
-pub fn upstream_headers(inbound: &HeaderMap, token: &Secret, now: SystemTime) -> HeaderMap {
-    let mut headers = inbound.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in REPLACED.iter().chain(&ANSWERED_HERE) {
-        headers.remove(*name);
+/// The headers Amazon receives: the client's, filtered in one pass, plus host, token, date and
+/// user-agent.
+pub fn upstream_headers(
+    inbound: &HeaderMap,
+    token: &HeaderValue,
+    now: SystemTime,
+    host: &HeaderValue,
+) -> HeaderMap {
+    let listed = if inbound.contains_key(header::CONNECTION) {
+        connection_listed(inbound)
+    } else {
+        Vec::new()
+    };
+    let mut out = HeaderMap::with_capacity(inbound.len() + 4);
+    for (name, value) in inbound {
+        if is_dropped_request_header(name) || listed.contains(name) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
     }
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(OWN_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in own {
-        headers.remove(name);
-    }
-    let mut token_value = HeaderValue::from_str(token.expose())
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
-    token_value.set_sensitive(true);
-    headers.insert("x-amz-access-token", token_value);
-    headers.insert(
-        "x-amz-date",
-        HeaderValue::from_str(&amz_date(now)).expect("digits and letters only"),
+    out.insert(header::HOST, host.clone());
+    out.insert(X_AMZ_ACCESS_TOKEN, token.clone());
+    out.insert(X_AMZ_DATE, amz_date_header(now));
+    out.insert(
+        header::USER_AGENT,
+        cached_user_agent(inbound.get(header::USER_AGENT)),
     );
-    headers.insert(
-        http::header::USER_AGENT,
-        user_agent(inbound.get(http::header::USER_AGENT)),
-    );
-    headers
+    out
+}
+
+thread_local! {
+    /// The last client agent seen on this thread and the user-agent made from it: scripts send
+    /// the same one every time.
+    static USER_AGENT: RefCell<Option<(HeaderValue, HeaderValue)>> = const { RefCell::new(None) };
+    /// The `x-amz-date` of the current second.
+    static AMZ_DATE: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+fn cached_user_agent(client: Option<&HeaderValue>) -> HeaderValue {
+    let Some(client) = client else {
+        return HeaderValue::from_static(PROXY_USER_AGENT);
+    };
+    USER_AGENT.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((seen, made)) = cache.as_ref() {
+            if seen == client {
+                return made.clone();
+            }
+        }
+        let made = user_agent(Some(client));
+        *cache = Some((client.clone(), made.clone()));
+        made
+    })
+}
+
+/// `x-amz-date` for `now`, built once per second per thread.
+pub fn amz_date_header(now: SystemTime) -> HeaderValue {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    AMZ_DATE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((at, value)) = cache.as_ref() {
+            if *at == secs {
+                return value.clone();
+            }
+        }
+        let value = HeaderValue::from_str(&amz_date(now)).expect("digits and letters only");
+        *cache = Some((secs, value.clone()));
+        value
+    })
 }
 
 /// `spapi-proxy/x.y.z (Language=Rust; Client=<the client's agent>)` when it fits in SP-API's
@@ -157,16 +237,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Sends requests to the SP-API endpoint over one pooled, keep-alive client.
-#[derive(Debug, Clone)]
-pub struct Forwarder {
-    http: reqwest::Client,
-    base: String,
-    response_timeout: Duration,
-}
-
-/// The shared HTTP client: rustls, no redirects (a 3xx goes back to the client as Amazon sent
-/// it), no automatic decompression, and the configured connect and idle timeouts.
+/// The HTTP client for the token services (LWA, the Tokens API): reqwest, where convenience
+/// matters more than nanoseconds. rustls, no redirects, no automatic decompression.
 pub fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -177,49 +249,292 @@ pub fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-impl Forwarder {
-    /// A forwarder to the configured endpoint.
-    pub fn new(http: reqwest::Client, endpoint: &Url, response_timeout: Duration) -> Self {
-        Forwarder {
-            http,
-            base: endpoint.as_str().trim_end_matches('/').to_string(),
-            response_timeout,
+/// A request body on its way to Amazon: held whole (replayable), or the client's, streaming.
+pub enum UpstreamBody {
+    /// All of it, sent once per send.
+    Full(Option<Bytes>),
+    /// The client's body, streaming through.
+    Client(ClientBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
-    /// The full upstream URL for a request's path and query, which are kept byte for byte.
-    pub fn url_for(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.base, path_and_query)
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Full(bytes) => bytes.is_none(),
+            UpstreamBody::Client(body) => body.is_end_stream(),
+        }
     }
 
-    /// Sends one request and returns the upstream's response with its body still streaming.
-    pub async fn send(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        headers: HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<reqwest::Response, ProxyError> {
-        let url = self.url_for(path_and_query);
-        let request = self
-            .http
-            .request(method, &url)
-            .headers(headers)
-            .body(body)
-            .send();
-        match tokio::time::timeout(self.response_timeout, request).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_timeout() => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => Err(ProxyError::Upstream(describe_send_error(&e))),
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            UpstreamBody::Client(body) => body.size_hint(),
         }
     }
 }
 
-/// reqwest's message plus its causes, which say what actually failed (refused, reset, TLS).
-fn describe_send_error(e: &reqwest::Error) -> String {
+impl UpstreamBody {
+    /// A held body; an empty one is sent as no body at all.
+    pub fn full(bytes: Bytes) -> UpstreamBody {
+        UpstreamBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+/// Idle upstream connections kept for reuse, and for how long.
+const MAX_IDLE: usize = 64;
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Keep-alive HTTP/1 connections to one origin. There is one SP-API origin per forwarder, so
+/// the pool is a stack of idle senders: no keys to hash, nothing to format per request.
+struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    origin: Uri,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ready sender: the most recently used idle one, or a new connection. `true` if reused.
+    async fn checkout(&self) -> Result<(SendRequest<UpstreamBody>, bool), ProxyError> {
+        loop {
+            let idle = self.lock().pop();
+            let Some(mut idle) = idle else { break };
+            if idle.since.elapsed() >= IDLE_FOR || idle.sender.is_closed() {
+                continue;
+            }
+            if idle.sender.ready().await.is_ok() {
+                return Ok((idle.sender, true));
+            }
+        }
+        let io = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
+            .await
+            .map_err(|e| ProxyError::Upstream(describe(&*e)))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| ProxyError::Upstream(describe(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok((sender, false))
+    }
+
+    fn checkin(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Sends requests to the SP-API endpoint over the pool.
+#[derive(Clone)]
+pub struct Forwarder {
+    pool: Arc<Pool>,
+    host: HeaderValue,
+    response_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("origin", &self.pool.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder to `endpoint` (scheme, host and port; any path is ignored, as before).
+    pub fn new(config: &Config, endpoint: &Url) -> Result<Forwarder, String> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeouts.connect));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| e.to_string())?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let authority = endpoint
+            .host_str()
+            .map(|h| match endpoint.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+            .ok_or("the endpoint has no host")?;
+        let origin = Uri::builder()
+            .scheme(if endpoint.scheme() == "https" {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            })
+            .authority(authority.as_str())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Forwarder {
+            pool: Arc::new(Pool {
+                connector,
+                origin,
+                idle: Mutex::new(Vec::new()),
+            }),
+            host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+            response_timeout: config.timeouts.response,
+            idle_timeout: config.timeouts.idle,
+        })
+    }
+
+    /// The `host` header Amazon gets.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Sends one request (`target` exactly as received) and returns the upstream's response
+    /// with its body still streaming. A reused connection that turns out closed before the
+    /// request went out is replaced once.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        target: PathAndQuery,
+        headers: HeaderMap,
+        body: UpstreamBody,
+    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from(target);
+        *request.headers_mut() = headers;
+        let exchange = async {
+            let mut request = request;
+            loop {
+                let (mut sender, reused) = self.pool.checkout().await?;
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if reused => request = unsent,
+                        _ => return Err(ProxyError::Upstream(describe(&e.into_error()))),
+                    },
+                }
+            }
+        };
+        let (response, sender) = tokio::time::timeout(self.response_timeout, exchange)
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)??;
+        let (parts, body) = response.into_parts();
+        let body = UpstreamResponseBody {
+            body,
+            sender: Some(sender),
+            pool: Arc::clone(&self.pool),
+            idle_timeout: self.idle_timeout,
+            idle: None,
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Amazon's response body: streamed to the client, with the idle-read timeout, and its
+/// connection returned to the pool once the body has been read to the end.
+pub struct UpstreamResponseBody {
+    body: Incoming,
+    sender: Option<SendRequest<UpstreamBody>>,
+    pool: Arc<Pool>,
+    idle_timeout: Duration,
+    /// Armed while waiting for the next frame.
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamResponseBody {
+    fn finished(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.idle = None;
+                match &frame {
+                    None => this.finished(),
+                    Some(Err(_)) => this.sender = None,
+                    Some(Ok(_)) if this.body.is_end_stream() => this.finished(),
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.idle_timeout;
+                let sleep = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.sender = None;
+                    return Poll::Ready(Some(Err(format!(
+                        "the upstream sent nothing for {timeout:?} (timeouts.idle)"
+                    )
+                    .into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An error's message plus its causes, which say what actually failed (refused, reset, TLS).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         out.push_str(": ");
         out.push_str(&s.to_string());
@@ -276,10 +591,16 @@ mod tests {
             ("x-custom", "b"),
         ]);
         let now = UNIX_EPOCH + Duration::from_secs(1_556_627_760);
-        let out = upstream_headers(&inbound, &Secret::new("Atza|ours"), now);
+        let out = upstream_headers(
+            &inbound,
+            &HeaderValue::from_static("Atza|ours"),
+            now,
+            &HeaderValue::from_static("sellingpartnerapi-na.amazon.com"),
+        );
         let all =
             |k: &str| -> Vec<&str> { out.get_all(k).iter().map(|v| v.to_str().unwrap()).collect() };
         assert_eq!(all("x-amz-access-token"), ["Atza|ours"]);
+        assert_eq!(all("host"), ["sellingpartnerapi-na.amazon.com"]);
         assert_eq!(all("x-amz-date"), ["20190430T123600Z"]);
         assert_eq!(
             all("user-agent"),
@@ -290,7 +611,6 @@ mod tests {
         );
         for gone in [
             "authorization",
-            "host",
             "connection",
             "x-trace",
             "keep-alive",

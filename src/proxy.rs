@@ -4,20 +4,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tracing::Instrument;
 
 use crate::access::{self, Access};
+use crate::auth::cache::Token;
 use crate::auth::{self, Auth};
 use crate::body::{full, ClientBody, ProxyBody};
 use crate::config::{Config, ConfigError, UnknownOperations};
 use crate::error::ProxyError;
-use crate::forward::{self, Forwarder};
+use crate::forward::{self, Forwarder, UpstreamBody, UpstreamResponseBody};
 use crate::limiter::{self, Limiter};
 use crate::operations::{Catalog, Operation};
-use crate::secret::Secret;
 use crate::target;
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
@@ -92,7 +93,7 @@ enum RequestBody {
 
 /// The upstream's answer: still streaming, or read whole because we had to look inside.
 enum Upstream {
-    Streaming(reqwest::Response),
+    Streaming(Response<UpstreamResponseBody>),
     Read {
         status: StatusCode,
         headers: HeaderMap,
@@ -114,7 +115,12 @@ impl Proxy {
             catalog: Catalog::builtin(),
             auth: Auth::new(&config, http.clone(), Arc::clone(&limiter))?,
             limiter,
-            forwarder: Forwarder::new(http, &config.endpoint, config.timeouts.response),
+            forwarder: Forwarder::new(&config, &config.endpoint).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "endpoint".into(),
+                    problem: format!("cannot build the upstream client: {e}"),
+                }
+            })?,
             unknown_seen: Default::default(),
             config,
         })
@@ -373,13 +379,23 @@ impl Proxy {
         op: Option<&Operation>,
         parts: &http::request::Parts,
         body: &mut RequestBody,
-        token: &Secret,
+        token: &Token,
     ) -> Result<Upstream, ProxyError> {
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let headers = forward::upstream_headers(&parts.headers, token, SystemTime::now());
+        // The target exactly as received: target::check made sure it means one thing.
+        let target = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let headers = forward::upstream_headers(
+            &parts.headers,
+            token.header(),
+            SystemTime::now(),
+            self.forwarder.host(),
+        );
         let sent = self
             .forwarder
-            .send(parts.method.clone(), path_and_query, headers, body.take())
+            .send(parts.method.clone(), target, headers, body.take())
             .await;
         let resp = match (sent, body.broke()) {
             (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
@@ -468,14 +484,14 @@ impl RequestBody {
     }
 
     /// The body for one send; a streaming body can be taken only once.
-    fn take(&mut self) -> reqwest::Body {
+    fn take(&mut self) -> UpstreamBody {
         match self {
-            RequestBody::Buffered(b) => reqwest::Body::from(b.clone()),
+            RequestBody::Buffered(b) => UpstreamBody::full(b.clone()),
             RequestBody::Streaming { body, broke } => match body.take() {
                 Some((prefix, rest)) => {
-                    reqwest::Body::wrap(ClientBody::new(prefix, rest, Arc::clone(broke)))
+                    UpstreamBody::Client(ClientBody::new(prefix, rest, Arc::clone(broke)))
                 }
-                None => reqwest::Body::from(Bytes::new()),
+                None => UpstreamBody::full(Bytes::new()),
             },
         }
     }
@@ -506,17 +522,23 @@ impl Upstream {
     async fn read_whole(self, limit: u64) -> Result<Upstream, ProxyError> {
         match self {
             Upstream::Streaming(resp) => {
-                let status = resp.status();
-                let headers = resp.headers().clone();
-                if resp.content_length().is_none_or(|n| n > limit) {
+                let length = resp
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if length.is_none_or(|n| n > limit) {
                     return Ok(Upstream::Streaming(resp));
                 }
-                let body = resp.bytes().await.map_err(|e| {
-                    ProxyError::Upstream(format!("the upstream body broke off: {e}"))
-                })?;
+                let (parts, body) = resp.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::Upstream(format!("the upstream body broke off: {e}")))?
+                    .to_bytes();
                 Ok(Upstream::Read {
-                    status,
-                    headers,
+                    status: parts.status,
+                    headers: parts.headers,
                     body,
                 })
             }
@@ -548,13 +570,8 @@ impl Upstream {
     fn into_response(self) -> Response<ProxyBody> {
         let (status, mut headers, body) = match self {
             Upstream::Streaming(resp) => {
-                let resp = http::Response::from(resp);
                 let (parts, body) = resp.into_parts();
-                (
-                    parts.status,
-                    parts.headers,
-                    body.map_err(Into::into).boxed(),
-                )
+                (parts.status, parts.headers, body.boxed())
             }
             Upstream::Read {
                 status,

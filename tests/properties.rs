@@ -8,7 +8,6 @@ use http::Method;
 use proptest::prelude::*;
 use spapi_proxy::forward::upstream_headers;
 use spapi_proxy::operations::Catalog;
-use spapi_proxy::secret::Secret;
 use spapi_proxy::target::check_path;
 
 const CASES: u32 = 4000;
@@ -89,12 +88,14 @@ proptest! {
                 inbound.append(n, v);
             }
         }
-        let out = upstream_headers(&inbound, &Secret::new("Atza|ours"), UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let host = HeaderValue::from_static("sellingpartnerapi-na.amazon.com");
+        let out = upstream_headers(&inbound, &HeaderValue::from_static("Atza|ours"), UNIX_EPOCH + Duration::from_secs(1_800_000_000), &host);
         prop_assert_eq!(out.get_all("x-amz-access-token").iter().count(), 1);
         prop_assert_eq!(out.get_all("x-amz-date").iter().count(), 1);
         prop_assert_eq!(out.get_all("user-agent").iter().count(), 1);
         prop_assert!(out["user-agent"].len() <= 500);
-        for gone in ["authorization", "host", "connection", "transfer-encoding", "keep-alive", "te", "upgrade"] {
+        prop_assert_eq!(out.get_all("host").iter().collect::<Vec<_>>(), vec![&host]);
+        for gone in ["authorization", "connection", "transfer-encoding", "keep-alive", "te", "upgrade"] {
             prop_assert!(out.get(gone).is_none(), "{} was forwarded", gone);
         }
         prop_assert!(out.keys().all(|k| !k.as_str().starts_with("x-spapi-")));

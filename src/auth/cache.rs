@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::error::TokenError;
@@ -17,6 +18,35 @@ pub struct FreshToken {
     pub token: Secret,
     /// `expires_in`.
     pub lifetime: Duration,
+}
+
+/// A token ready to send: the secret, and its `x-amz-access-token` value built once (marked
+/// sensitive, so hyper never logs it), shared by every request that carries it.
+#[derive(Debug, Clone)]
+pub struct Token {
+    secret: Secret,
+    header: HeaderValue,
+}
+
+impl Token {
+    /// Fails if the token cannot be a header value (a token service answering garbage).
+    pub fn new(secret: Secret) -> Result<Token, TokenError> {
+        let mut header = HeaderValue::from_str(secret.expose()).map_err(|_| {
+            TokenError::Unavailable("the token service answered a token that is not text".into())
+        })?;
+        header.set_sensitive(true);
+        Ok(Token { secret, header })
+    }
+
+    /// The value for `x-amz-access-token`.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// The token itself.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
 }
 
 /// When to start refreshing a token and when to stop using it, relative to when it was requested.
@@ -40,7 +70,7 @@ pub fn schedule(lifetime: Duration) -> Schedule {
 }
 
 struct Cached {
-    token: Secret,
+    token: Token,
     refresh_at: Instant,
     use_until: Instant,
 }
@@ -98,7 +128,7 @@ impl TokenCache {
     }
 
     /// A token that is valid now; fetches one only when there is none.
-    pub async fn get(&self) -> Result<Secret, TokenError> {
+    pub async fn get(&self) -> Result<Token, TokenError> {
         let seen_generation = {
             let state = self.lock_state();
             if let Some(token) = self.usable(&state) {
@@ -131,9 +161,13 @@ impl TokenCache {
     }
 
     /// Drops `used` if it is still the cached token (Amazon said it expired or is invalid).
-    pub fn invalidate(&self, used: &Secret) {
+    pub fn invalidate(&self, used: &Token) {
         let mut state = self.lock_state();
-        if state.current.as_ref().is_some_and(|c| &c.token == used) {
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.token.secret == used.secret)
+        {
             state.current = None;
         }
     }
@@ -147,7 +181,7 @@ impl TokenCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn usable(&self, state: &State) -> Option<Secret> {
+    fn usable(&self, state: &State) -> Option<Token> {
         let c = state.current.as_ref()?;
         let now = Instant::now();
         if now >= c.use_until {
@@ -183,22 +217,24 @@ impl TokenCache {
     }
 
     /// Call only while holding `fetching`.
-    async fn fetch_and_store(&self) -> Result<Secret, TokenError> {
+    async fn fetch_and_store(&self) -> Result<Token, TokenError> {
         let requested_at = Instant::now();
-        let result = (self.inner.fetch)().await;
+        let result = (self.inner.fetch)()
+            .await
+            .and_then(|fresh| Ok((Token::new(fresh.token)?, fresh.lifetime)));
         let mut state = self.lock_state();
         state.generation += 1;
         match result {
-            Ok(fresh) => {
-                let s = schedule(fresh.lifetime);
-                tracing::debug!(token = %self.inner.label, lifetime = ?fresh.lifetime, "new token");
+            Ok((token, lifetime)) => {
+                let s = schedule(lifetime);
+                tracing::debug!(token = %self.inner.label, ?lifetime, "new token");
                 state.current = Some(Cached {
-                    token: fresh.token.clone(),
+                    token: token.clone(),
                     refresh_at: requested_at + s.refresh_after,
                     use_until: requested_at + s.use_until,
                 });
                 state.last_error = None;
-                Ok(fresh.token)
+                Ok(token)
             }
             Err(e) => {
                 state.last_error = Some(e.clone());

@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::cache::TokenCache;
+use super::cache::{Token, TokenCache};
 use super::lwa::{self, Grant, LwaClient};
 use crate::error::TokenError;
-use crate::secret::Secret;
 
 /// One [`TokenCache`] per scope, created on first use.
 #[derive(Debug)]
@@ -40,12 +39,12 @@ impl Grantless {
     }
 
     /// A token for `scope`, fetched only if none is cached.
-    pub async fn get(&self, scope: &str) -> Result<Secret, TokenError> {
+    pub async fn get(&self, scope: &str) -> Result<Token, TokenError> {
         self.entry(scope).get().await
     }
 
     /// Amazon rejected `used`: forget it.
-    pub fn invalidate(&self, scope: &str, used: &Secret) {
+    pub fn invalidate(&self, scope: &str, used: &Token) {
         self.entry(scope).invalidate(used);
     }
 }

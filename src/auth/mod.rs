@@ -21,9 +21,8 @@ use crate::config::{Config, ConfigError, RestrictedData};
 use crate::error::{ProxyError, TokenError};
 use crate::limiter::Limiter;
 use crate::operations::{AuthKind, Operation};
-use crate::secret::Secret;
 
-use cache::TokenCache;
+use cache::{Token, TokenCache};
 use grantless::Grantless;
 use lwa::{Grant, LwaClient};
 use pii::{PiiRoles, Refusal};
@@ -72,8 +71,8 @@ pub enum TokenSource {
 /// The token a request carries, and where it came from.
 #[derive(Debug, Clone)]
 pub struct Chosen {
-    /// The value for `x-amz-access-token`.
-    pub token: Secret,
+    /// The token for `x-amz-access-token`.
+    pub token: Token,
     /// Its source.
     pub source: TokenSource,
     /// For operations that may carry personal data: whether this token lets them.
@@ -198,7 +197,7 @@ impl Auth {
     }
 
     /// The seller's LWA access token.
-    pub async fn seller_token(&self) -> Result<Secret, TokenError> {
+    pub async fn seller_token(&self) -> Result<Token, TokenError> {
         match &self.seller {
             Some(s) => s.get().await,
             None => Err(Self::no_refresh_token()),

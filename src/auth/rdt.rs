@@ -9,7 +9,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::cache::{FreshToken, TokenCache};
+use super::cache::{FreshToken, Token, TokenCache};
 use crate::error::TokenError;
 use crate::forward::{self, PROXY_USER_AGENT};
 use crate::limiter::{self, Limiter};
@@ -125,7 +125,7 @@ impl Minter {
     async fn mint_once(
         &self,
         resource: &RdtResource,
-        lwa: &Secret,
+        lwa: &Token,
     ) -> Result<FreshToken, MintError> {
         let mut entry = json!({"method": resource.method, "path": resource.path});
         if !resource.data_elements.is_empty() {
@@ -135,13 +135,10 @@ impl Minter {
         if let Some(app) = &self.target_application {
             body["targetApplication"] = json!(app);
         }
-        let mut token = http::HeaderValue::from_str(lwa.expose())
-            .map_err(|_| MintError::Token(TokenError::Unavailable("unusable LWA token".into())))?;
-        token.set_sensitive(true);
         let request = self
             .http
             .post(self.url.clone())
-            .header("x-amz-access-token", token)
+            .header("x-amz-access-token", lwa.header().clone())
             .header("x-amz-date", forward::amz_date(SystemTime::now()))
             .header(http::header::USER_AGENT, PROXY_USER_AGENT)
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -255,12 +252,12 @@ impl RdtCache {
     }
 
     /// An RDT for `resource`, minted only if none is cached.
-    pub async fn get(&self, resource: &RdtResource) -> Result<Secret, TokenError> {
+    pub async fn get(&self, resource: &RdtResource) -> Result<Token, TokenError> {
         self.entry(resource).get().await
     }
 
     /// Amazon rejected `used` for `resource`: forget it.
-    pub fn invalidate(&self, resource: &RdtResource, used: &Secret) {
+    pub fn invalidate(&self, resource: &RdtResource, used: &Token) {
         self.entry(resource).invalidate(used);
     }
 }
