@@ -137,8 +137,9 @@ impl Proxy {
         } else {
             self.catalog.find(&method, &path)
         };
-        // Everything logged while the request runs (token fetches, mints, waits) carries these.
-        let span = tracing::info_span!(
+        // Everything logged while the request runs (token fetches, mints, waits) carries these
+        // at debug level; at info the span costs nothing, and the summary line below says it.
+        let span = tracing::debug_span!(
             "request",
             %method,
             %path,
