@@ -12,6 +12,7 @@
 //!   grantless ([`auth::grantless`]).
 //! - [`forward`]: the upstream side: header hygiene, signing headers, the pooled client.
 //! - [`error`]: the error enum and its one status mapping.
+//! - [`logging`]: the log format (one line per request is on the request path).
 //! - [`explain`]: the `operations` and `explain` commands.
 //! - [`sim`]: a local SP-API and LWA simulator for `demo` and the tests.
 //! - [`target`]: request-target rules, so that what is matched is what Amazon receives.
@@ -49,6 +50,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod limiter;
+pub mod logging;
 pub mod operations;
 pub mod proxy;
 pub mod secret;

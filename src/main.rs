@@ -76,7 +76,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    spapi_proxy::logging::init();
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -117,16 +117,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
             .enable_all()
             .build()
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Loads the configuration before any port is bound, so a mistake costs nothing.
