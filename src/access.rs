@@ -71,16 +71,24 @@ impl Access {
     /// Whether `authority` (`host[:port]`) names this proxy: a loopback name, an IP address
     /// literal, SP-API's own host names, or one of `allowed_hosts`.
     pub fn authority_allowed(&self, authority: &str) -> bool {
-        let host = host_of(authority).to_ascii_lowercase();
-        let host = host.strip_suffix('.').unwrap_or(&host);
+        let host = host_of(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
         if host.is_empty() {
             return false;
         }
-        host == "localhost"
-            || host.ends_with(".localhost")
-            || is_ip_literal(host)
-            || SPAPI_HOSTS.contains(&host)
-            || self.allowed_hosts.iter().any(|h| h == host)
+        let ends_with = |suffix: &str| {
+            host.len() > suffix.len()
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        is_ip_literal(host)
+            || host.eq_ignore_ascii_case("localhost")
+            || ends_with(".localhost")
+            || SPAPI_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// Browsers: a request from a page of another site is refused unless its `Origin` is in
@@ -190,7 +198,9 @@ fn host_of(authority: &str) -> &str {
 }
 
 fn is_ip_literal(host: &str) -> bool {
-    host.parse::<std::net::IpAddr>().is_ok()
+    // Digits and dots, or a bracketed v6 address (already unbracketed here, so colons).
+    (host.as_bytes()[0].is_ascii_digit() || host.contains(':'))
+        && host.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

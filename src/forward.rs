@@ -77,14 +77,17 @@ fn is_dropped_request_header(name: &HeaderName) -> bool {
         || name.as_str().starts_with(OWN_HEADER_PREFIX)
 }
 
-/// The names a `Connection` header lists (each is hop-by-hop for this message).
+/// The names a `Connection` header lists (each is hop-by-hop for this message), except the
+/// usual `keep-alive` and `close` options, which name nothing else to remove.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }
 

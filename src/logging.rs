@@ -130,9 +130,7 @@ impl Fields<'_, '_> {
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self
-                .key(field)
-                .and_then(|()| self.writer.write_str(value));
+            self.result = self.key(field).and_then(|()| self.writer.write_str(value));
         }
     }
 

@@ -312,3 +312,8 @@ async fn demo(listen: SocketAddr) -> ExitCode {
     })
     .await
 }
+
+/// mimalloc: the request path allocates and frees many small blocks (header maps, bodies,
+/// futures); measured against glibc's malloc with `bench/run`, see README "Performance".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -25,7 +25,7 @@ use crate::target;
 const MAX_INSPECTED_403: u64 = 64 * 1024;
 
 /// Header limiting, for one request, how long it may wait for quota (seconds).
-pub const MAX_WAIT_HEADER: &str = "x-spapi-max-wait";
+pub const MAX_WAIT_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-max-wait");
 
 /// Response header: how long the request waited for quota, in milliseconds.
 pub const QUEUED_MS_HEADER: &str = "x-spapi-proxy-queued-ms";
@@ -40,7 +40,7 @@ fn lists_report_documents(op: &Operation) -> bool {
 
 /// `x-spapi-restricted: true|false`, which forces the token for an unseen report document.
 fn restricted_header(headers: &HeaderMap) -> Result<Option<bool>, ProxyError> {
-    match own_header(headers, auth::RESTRICTED_HEADER)? {
+    match own_header(headers, &auth::RESTRICTED_HEADER)? {
         None => Ok(None),
         Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
         Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
@@ -52,7 +52,10 @@ fn restricted_header(headers: &HeaderMap) -> Result<Option<bool>, ProxyError> {
 }
 
 /// One of the proxy's own `x-spapi-*` request headers, as text.
-fn own_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
+fn own_header<'a>(
+    headers: &'a HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'a str>, ProxyError> {
     headers
         .get(name)
         .map(|v| {
@@ -233,7 +236,7 @@ impl Proxy {
         let plan = auth::plan(
             op,
             path,
-            own_header(&parts.headers, auth::DATA_ELEMENTS_HEADER)?,
+            own_header(&parts.headers, &auth::DATA_ELEMENTS_HEADER)?,
             op.and_then(|o| self.config.operations.get(&o.index))
                 .and_then(|s| s.data_elements.as_deref()),
             op.map_or(self.config.restricted_data, |o| {
@@ -337,7 +340,7 @@ impl Proxy {
 
     /// `max_wait`, shortened (never lengthened) by the request's `x-spapi-max-wait`.
     fn max_wait(&self, headers: &HeaderMap) -> Result<Duration, ProxyError> {
-        let Some(v) = own_header(headers, MAX_WAIT_HEADER)? else {
+        let Some(v) = own_header(headers, &MAX_WAIT_HEADER)? else {
             return Ok(self.config.max_wait);
         };
         match v.trim().parse::<f64>() {

@@ -55,7 +55,7 @@ impl Pii {
 const READY_SCOPE: &str = "sellingpartnerapi::notifications";
 
 /// Header forcing the choice for a report document the proxy has not seen: `true` or `false`.
-pub const RESTRICTED_HEADER: &str = "x-spapi-restricted";
+pub const RESTRICTED_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-restricted");
 
 /// Where a token came from, so that it can be dropped if Amazon rejects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,7 +433,8 @@ pub enum OnRefusal {
 }
 
 /// Header naming the dataElements for one request, e.g. `buyerInfo,shippingAddress`.
-pub const DATA_ELEMENTS_HEADER: &str = "x-spapi-data-elements";
+pub const DATA_ELEMENTS_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-spapi-data-elements");
 
 /// Decides the token for a request to `op` at `path` (no query).
 ///
