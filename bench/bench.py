@@ -61,6 +61,8 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.dir = tempfile.mkdtemp(prefix="spapi-bench-")
+        # nginx workers started by root run as nobody: they must be able to read the files here.
+        os.chmod(self.dir, 0o755)
         self.upstream_port = free_port()
         self.nginx_port = free_port()
         self.proxy_port = free_port()
@@ -283,8 +285,8 @@ http {{
         peaks = {}
         big = os.path.join(self.dir, "big.bin")
         for name, cmd in [
-            ("download", ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{self.proxy_port}/big"]),
-            ("upload", ["curl", "-s", "-o", "/dev/null", "-T", big, f"http://127.0.0.1:{self.proxy_port}/upload"]),
+            ("download", ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", f"http://127.0.0.1:{self.proxy_port}/big"]),
+            ("upload", ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_upload}", "-T", big, f"http://127.0.0.1:{self.proxy_port}/upload"]),
         ]:
             peak = [idle]
             done = threading.Event()
@@ -297,8 +299,10 @@ http {{
             t = threading.Thread(target=sample)
             t.start()
             started = time.time()
-            subprocess.run(cmd, check=True)
+            moved = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             took = time.time() - started
+            if int(float(moved or 0)) < 1 << 30:
+                raise SystemExit(f"streaming {name}: only {moved} bytes went through the proxy")
             done.set()
             t.join()
             peaks[name] = ((peak[0] - idle) / 1024, took)

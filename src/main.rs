@@ -80,8 +80,8 @@ fn main() -> ExitCode {
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_USAGE);
         }
     };
     match cli.command {
@@ -101,13 +101,19 @@ fn main() -> ExitCode {
 
 /// The async runtime: `SPAPI_WORKERS` threads (default 1, a single-threaded runtime, which
 /// measured fastest on small machines: no work stealing, no cross-thread wake-ups).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::env::var("SPAPI_WORKERS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1);
-    if workers == 1 {
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let workers = match std::env::var("SPAPI_WORKERS") {
+        Err(_) => 1,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "SPAPI_WORKERS: want a whole number of threads above 0, got {v:?}"
+                ))
+            }
+        },
+    };
+    let built = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -116,7 +122,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(workers)
             .enable_all()
             .build()
-    }
+    };
+    built.map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 /// Loads the configuration before any port is bound, so a mistake costs nothing.

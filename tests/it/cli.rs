@@ -87,6 +87,21 @@ fn serve_without_credentials_suggests_demo() {
     assert!(stderr.contains("spapi-proxy demo"), "{stderr}");
 }
 
+#[test]
+fn a_bad_worker_count_names_the_variable_and_fails() {
+    let dir = scratch_dir("bad-workers");
+    for bad in ["0", "two", "-1", "99999999999999999999999"] {
+        let out = command(&dir)
+            .env("SPAPI_WORKERS", bad)
+            .arg("serve")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {stderr}");
+        assert!(stderr.contains("SPAPI_WORKERS"), "{bad}: {stderr}");
+    }
+}
+
 /// Runs the binary at trace level against the simulator and collects everything it logs.
 pub struct LoggedProxy {
     child: std::process::Child,
