@@ -5,9 +5,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, HOST, ORIG
 use http::{Method, Response, StatusCode};
 
 use crate::body::{empty, ProxyBody};
-use crate::config::Config;
+use crate::config::{Config, InboundKey};
 use crate::error::ProxyError;
-use crate::secret::Secret;
 
 /// Header carrying an inbound key (`Authorization: Bearer KEY` works too).
 pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-spapi-proxy-key");
@@ -31,7 +30,7 @@ const EXPOSED: &str = "x-spapi-proxy-error, x-spapi-proxy-queued-ms, x-spapi-pro
 /// The inbound access policy, built once from config.
 #[derive(Debug)]
 pub struct Access {
-    keys: Vec<Secret>,
+    keys: Vec<InboundKey>,
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
 }
@@ -114,9 +113,10 @@ impl Access {
 
     /// The inbound key, from `x-spapi-proxy-key` or `Authorization: Bearer`, compared in
     /// constant time with every configured key.
-    pub fn check_key(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+    /// Returns the key that matched (`None` when no keys are configured).
+    pub fn check_key(&self, headers: &HeaderMap) -> Result<Option<&InboundKey>, ProxyError> {
         if self.keys.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let presented = headers
             .get(KEY_HEADER)
@@ -137,11 +137,12 @@ impl Access {
             ));
         };
         // Every key is compared, so the time taken does not say which one came close.
-        let matched = self.keys.iter().fold(false, |acc, k| {
-            acc | constant_time_eq(k.expose().as_bytes(), presented)
+        let matched = self.keys.iter().fold(None, |found, k| {
+            let hit = constant_time_eq(k.key.expose().as_bytes(), presented);
+            found.or(hit.then_some(k))
         });
-        if matched {
-            Ok(())
+        if let Some(k) = matched {
+            Ok(Some(k))
         } else {
             Err(ProxyError::Unauthorized("the key is not valid".into()))
         }

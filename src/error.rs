@@ -59,6 +59,9 @@ pub enum ProxyError {
     /// A web page of another site tried to use the proxy.
     #[error("cross-site request refused: {0}")]
     CrossSite(String),
+    /// The inbound key is limited to other sellers (or to sellers, for an admin endpoint).
+    #[error("this key may not act for seller {0}")]
+    SellerNotAllowed(String),
     /// No SP-API operation has this method and path, and the config says to reject such requests.
     #[error("no SP-API operation matches {method} {path}")]
     NoRoute {
@@ -100,7 +103,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::CrossSite(_) => StatusCode::FORBIDDEN,
+            ProxyError::CrossSite(_) | ProxyError::SellerNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Token(TokenError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Token(TokenError::Refused { .. })
@@ -122,6 +125,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::HostNotAllowed(_) => "host_not_allowed",
             ProxyError::CrossSite(_) => "cross_site_refused",
+            ProxyError::SellerNotAllowed(_) => "seller_not_allowed",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Token(TokenError::Refused { service: "rdt", .. }) => "rdt_refused",
             ProxyError::Token(TokenError::Refused { .. }) => "token_refused",
@@ -141,7 +145,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => "InvalidInput".into(),
             ProxyError::NoRoute { .. } => "NotFound".into(),
-            ProxyError::Unauthorized(_) | ProxyError::CrossSite(_) => "Unauthorized".into(),
+            ProxyError::Unauthorized(_)
+            | ProxyError::CrossSite(_)
+            | ProxyError::SellerNotAllowed(_) => "Unauthorized".into(),
             ProxyError::HostNotAllowed(_) => "InvalidInput".into(),
             ProxyError::RateLimited { .. } => "QuotaExceeded".into(),
             ProxyError::Token(

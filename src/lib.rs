@@ -45,14 +45,16 @@
 pub mod access;
 pub mod auth;
 pub mod body;
+pub mod commands;
 pub mod config;
 pub mod error;
-pub mod explain;
 pub mod forward;
+pub mod key;
 pub mod limiter;
 pub mod logging;
 pub mod operations;
 pub mod proxy;
+pub mod region;
 pub mod secret;
 pub mod server;
 pub mod sim;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use spapi_proxy::config::{Config, ConfigError};
+use spapi_proxy::proxy::ConfigSource;
 use spapi_proxy::proxy::Proxy;
-use spapi_proxy::{explain, server, sim};
+use spapi_proxy::{commands, server, sim};
 use tokio::net::TcpListener;
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.
@@ -61,6 +62,9 @@ enum Command {
         /// Configuration file (default: ./proxy.toml if present); credentials are not needed.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The seller the request acts for (as `x-spapi-seller` would name it).
+        #[arg(long)]
+        seller: Option<String>,
     },
 }
 
@@ -99,7 +103,8 @@ fn main() -> ExitCode {
             method,
             path,
             config,
-        }) => explain(&method, &path, config.as_deref()),
+            seller,
+        }) => explain(&method, &path, config.as_deref(), seller.as_deref()),
     }
 }
 
@@ -157,18 +162,18 @@ fn print_out(text: &str) -> ExitCode {
 fn operations(as_json: bool) -> ExitCode {
     let catalog = spapi_proxy::operations::Catalog::builtin();
     if as_json {
-        print_out(&format!("{:#}\n", explain::operations_json(catalog)))
+        print_out(&format!("{:#}\n", commands::operations_json(catalog)))
     } else {
-        print_out(&explain::operations_table(catalog))
+        print_out(&commands::operations_table(catalog))
     }
 }
 
-fn explain(method: &str, path: &str, config: Option<&Path>) -> ExitCode {
+fn explain(method: &str, path: &str, config: Option<&Path>, seller: Option<&str>) -> ExitCode {
     let config = match load_config(config) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    match explain::explain(&config, method, path) {
+    match commands::explain(&config, method, path, seller) {
         Ok(text) => print_out(&text),
         Err(e) => {
             eprintln!("error: {e}");
@@ -229,7 +234,7 @@ fn check(path: Option<&Path>) -> ExitCode {
         .and_then(|c| c.check_exposure().map(|()| c))
     {
         Ok(config) => {
-            print!("{}", config.describe());
+            print!("{}", commands::describe(&config));
             println!("configuration OK");
             ExitCode::SUCCESS
         }
@@ -245,29 +250,44 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    run(config).await
-}
-
-async fn run(config: Config) -> ExitCode {
-    if config.credentials.refresh_token.is_none() {
-        tracing::warn!("no refresh token configured: only grantless operations can be served");
+    if config.sellers.is_empty() {
+        tracing::warn!("no seller configured: only grantless operations can be served");
     }
-    let upstream = config.endpoint.clone();
-    serve_until_signal(&config, |addr| {
-        tracing::info!(%addr, %upstream, "spapi-proxy listening");
+    // A reload reads the same file and the process environment again.
+    let (path, listen) = (args.config.clone(), args.listen);
+    let source: ConfigSource = Box::new(move || {
+        let mut config = load_config(path.as_deref())?;
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        config.require_credentials()?;
+        Ok(config)
+    });
+    let sellers = config.sellers.len();
+    serve_until_signal(&config, Some(source), |addr| {
+        tracing::info!(%addr, sellers, "spapi-proxy listening");
     })
     .await
 }
 
-/// Builds the proxy, binds, reports the address, and serves until SIGINT or SIGTERM.
-async fn serve_until_signal(config: &Config, listening: impl FnOnce(SocketAddr)) -> ExitCode {
+/// Builds the proxy, binds, reports the address, and serves until SIGINT or SIGTERM; SIGHUP
+/// reloads the config when there is a `source` to read it from.
+async fn serve_until_signal(
+    config: &Config,
+    source: Option<ConfigSource>,
+    listening: impl FnOnce(SocketAddr),
+) -> ExitCode {
     if let Err(e) = config.check_exposure() {
         return config_error(&e);
     }
     let proxy = match Proxy::new(config) {
-        Ok(p) => Arc::new(p),
+        Ok(p) => match source {
+            Some(source) => Arc::new(p.with_source(source)),
+            None => Arc::new(p),
+        },
         Err(e) => return config_error(&e),
     };
+    reload_on_sighup(Arc::clone(&proxy));
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -288,6 +308,25 @@ async fn serve_until_signal(config: &Config, listening: impl FnOnce(SocketAddr))
     listening(listener.local_addr().unwrap_or(config.listen));
     server::serve(listener, proxy, server::shutdown_signal(), settings).await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the config; a bad one is logged and the old one kept.
+fn reload_on_sighup(proxy: Arc<Proxy>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /_proxy/reload");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match proxy.reload() {
+                Ok(summary) => tracing::info!("SIGHUP: {summary}"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the config was not reloaded; the proxy keeps the one it had");
+                }
+            }
+        }
+    });
 }
 
 async fn demo(listen: SocketAddr) -> ExitCode {
@@ -313,7 +352,7 @@ async fn demo(listen: SocketAddr) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     let sim_url = simulator.url();
-    serve_until_signal(&config, |addr| {
+    serve_until_signal(&config, None, |addr| {
         println!("spapi-proxy demo: the proxy on http://{addr} forwards to a local SP-API simulator at {sim_url}.");
         println!("Try (Ctrl-C stops both):\n");
         println!("  curl -s 'http://{addr}/sellers/v1/marketplaceParticipations'");

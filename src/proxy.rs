@@ -10,16 +10,20 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tracing::Instrument;
 
+use arc_swap::ArcSwap;
+
 use crate::access::{self, Access};
 use crate::auth::cache::Token;
-use crate::auth::{self, Auth};
+use crate::auth::seller::SellerAuth;
+use crate::auth::{self, Auth, TokenPlan};
 use crate::body::{full, ClientBody, ProxyBody};
-use crate::config::{Config, ConfigError, UnknownOperations};
+use crate::config::{Config, ConfigError, InboundKey, Region, UnknownOperations};
 use crate::error::ProxyError;
 use crate::forward::{self, Forwarder, UpstreamBody, UpstreamResponseBody};
+use crate::key::Key;
 use crate::limiter::{self, Limiter};
 use crate::operations::{Catalog, Operation};
-use crate::target;
+use crate::{region, target};
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
 const MAX_INSPECTED_403: u64 = 64 * 1024;
@@ -66,17 +70,48 @@ fn own_header<'a>(
 }
 
 /// The proxy: everything a request needs, shared by all connections.
-#[derive(Debug)]
 pub struct Proxy {
-    config: Arc<Config>,
-    access: Access,
     catalog: &'static Catalog,
+    /// Outlives reloads: buckets keep their state when the config changes.
     limiter: Arc<Limiter>,
-    auth: Auth,
-    forwarder: Forwarder,
+    /// Everything the config decides, swapped whole by a reload; a request keeps the state it
+    /// started with until it ends.
+    state: ArcSwap<State>,
+    /// Reads the config again, for `POST /_proxy/reload` and SIGHUP.
+    source: Option<ConfigSource>,
+    /// One reload at a time.
+    reloading: std::sync::Mutex<()>,
     /// Paths already logged as unknown, so each is logged once (bounded: a scanner must not
     /// grow it without end).
     unknown_seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Where a reload reads the config from (the file and the process environment).
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// What one load of the config decides.
+struct State {
+    config: Arc<Config>,
+    access: Access,
+    auth: Auth,
+    /// One upstream pool per region.
+    forwarders: [Forwarder; 3],
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+/// Per-request context, carried through the phases once the seller and region are known.
+struct Ctx<'a> {
+    op: Option<&'static Operation>,
+    /// The seller's auth in the chosen region (`None`: a grantless call with no seller).
+    seller: Option<&'a SellerAuth>,
+    /// Whose quota.
+    key: Key,
+    forwarder: &'a Forwarder,
 }
 
 /// How many distinct unknown paths are remembered for log-once.
@@ -104,37 +139,150 @@ enum Upstream {
     },
 }
 
+impl State {
+    /// The state `config` describes, reusing what `previous` already holds where the config
+    /// did not change it (tokens, upstream connections).
+    fn new(
+        config: Config,
+        limiter: &Arc<Limiter>,
+        previous: Option<&State>,
+    ) -> Result<State, ConfigError> {
+        let auth = match previous {
+            Some(p) => p.auth.reload(&config)?,
+            None => {
+                let http = forward::http_client(&config).map_err(|e| ConfigError::Invalid {
+                    key: "(http client)".into(),
+                    problem: format!("cannot build the HTTP client: {e}"),
+                })?;
+                Auth::new(&config, http, Arc::clone(limiter))?
+            }
+        };
+        let forwarder = |region: Region| -> Result<Forwarder, ConfigError> {
+            let endpoint = config.endpoint(region);
+            if let Some(p) = previous {
+                let old = &p.forwarders[region.index()];
+                if p.config.endpoint(region) == endpoint && p.config.timeouts == config.timeouts {
+                    return Ok(old.clone());
+                }
+            }
+            Forwarder::new(&config, endpoint).map_err(|e| ConfigError::Invalid {
+                key: format!("endpoints.{}", region.name()),
+                problem: format!("cannot build the upstream client: {e}"),
+            })
+        };
+        Ok(State {
+            access: Access::new(&config),
+            forwarders: [
+                forwarder(Region::Na)?,
+                forwarder(Region::Eu)?,
+                forwarder(Region::Fe)?,
+            ],
+            auth,
+            config: Arc::new(config),
+        })
+    }
+}
+
 impl Proxy {
     /// Builds the proxy from validated config. Nothing is fetched until the first request.
     pub fn new(config: &Config) -> Result<Proxy, ConfigError> {
-        let http = forward::http_client(config).map_err(|e| ConfigError::Invalid {
-            key: "(http client)".into(),
-            problem: format!("cannot build the HTTP client: {e}"),
-        })?;
-        let config = Arc::new(config.clone());
-        let limiter = Arc::new(Limiter::new(Arc::clone(&config)));
+        let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(config)));
+        let state = State::new(config.clone(), &limiter, None)?;
         Ok(Proxy {
-            access: Access::new(&config),
             catalog: Catalog::builtin(),
-            auth: Auth::new(&config, http.clone(), Arc::clone(&limiter))?,
             limiter,
-            forwarder: Forwarder::new(&config, &config.endpoint).map_err(|e| {
-                ConfigError::Invalid {
-                    key: "endpoint".into(),
-                    problem: format!("cannot build the upstream client: {e}"),
-                }
-            })?,
+            state: ArcSwap::from_pointee(state),
+            source: None,
+            reloading: std::sync::Mutex::new(()),
             unknown_seen: Default::default(),
-            config,
         })
+    }
+
+    /// Lets `POST /_proxy/reload` and [`Proxy::reload`] read the config again from `source`.
+    pub fn with_source(mut self, source: ConfigSource) -> Proxy {
+        self.source = Some(source);
+        self
+    }
+
+    /// Reads the config again and, if it is valid, applies it without dropping a request:
+    /// new sellers are served, removed ones are not, unchanged ones keep their tokens. If it is
+    /// not valid, nothing changes and the error says why.
+    pub fn reload(&self) -> Result<String, ConfigError> {
+        let Some(source) = &self.source else {
+            return Err(ConfigError::Invalid {
+                key: "(reload)".into(),
+                problem: "this proxy was not started from a config it can read again".into(),
+            });
+        };
+        let config = source()?;
+        self.apply(config)
+    }
+
+    /// Applies a new, valid config (what [`Proxy::reload`] does after reading it).
+    pub fn apply(&self, config: Config) -> Result<String, ConfigError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        config.check_exposure()?;
+        let old = self.state.load_full();
+        let restart_only = [
+            ("listen", old.config.listen != config.listen),
+            (
+                "max_connections",
+                old.config.max_connections != config.max_connections,
+            ),
+            ("h2c", old.config.h2c != config.h2c),
+            (
+                "timeouts.header_read / timeouts.client_idle / timeouts.shutdown_grace",
+                old.config.timeouts.header_read != config.timeouts.header_read
+                    || old.config.timeouts.client_idle != config.timeouts.client_idle
+                    || old.config.timeouts.shutdown_grace != config.timeouts.shutdown_grace,
+            ),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the config, but applies only after a restart"
+                );
+            }
+        }
+        let state = State::new(config, &self.limiter, Some(&old))?;
+        let names =
+            |c: &Config| -> Vec<String> { c.sellers.iter().map(|s| s.name.clone()).collect() };
+        let (before, after) = (names(&old.config), names(&state.config));
+        let added: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
+        let removed: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+        let summary = format!(
+            "reloaded: {} seller(s); added: {}; removed: {}",
+            after.len(),
+            list(&added),
+            list(&removed)
+        );
+        let config = Arc::clone(&state.config);
+        self.limiter
+            .reconfigure(limiter::Settings::from_config(&config), |key| {
+                key.seller
+                    .as_deref()
+                    .is_none_or(|name| config.seller(name).is_some())
+            });
+        self.state.store(Arc::new(state));
+        tracing::info!("{summary}");
+        Ok(summary)
     }
 
     /// Answers one request; never fails, because every error is turned into a response here.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let state = self.state.load_full();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let own = path.starts_with("/_proxy/");
+        let full_path = req.uri().path();
+        let own = full_path.starts_with("/_proxy/");
+        // `/_seller/NAME/...` names the seller for tools that cannot set headers; what follows
+        // the prefix is what is matched and forwarded.
+        let prefixed = seller_prefix(full_path);
+        let path = match &prefixed {
+            Some(Ok((_, rest))) => rest.to_string(),
+            _ => full_path.to_string(),
+        };
         let op = if own {
             None
         } else {
@@ -149,11 +297,23 @@ impl Proxy {
             op = op.map_or("-", |o| o.id.as_str())
         );
         let mut cors_origin = None;
-        let result = match self.admit(&req, &path, &mut cors_origin) {
+        let result = match self.admit(&state, &req, &path, &mut cors_origin) {
             Err(e) => Err(e),
-            Ok(Some(preflight)) => Ok(preflight),
-            Ok(None) if own => self.own_endpoint(&method, &path).instrument(span).await,
-            Ok(None) => self.proxy(req, op).instrument(span).await,
+            Ok(Admitted::Preflight(preflight)) => Ok(preflight),
+            Ok(Admitted::Key(key)) if own => {
+                self.own_endpoint(&state, &req, key).instrument(span).await
+            }
+            Ok(Admitted::Key(key)) => match prefixed {
+                Some(Err(e)) => Err(e),
+                prefixed => {
+                    let seller = prefixed
+                        .and_then(Result::ok)
+                        .map(|(name, _)| name.to_string());
+                    self.proxy(&state, req, op, seller, key)
+                        .instrument(span)
+                        .await
+                }
+            },
         };
         let mut response = match result {
             Ok(r) => r,
@@ -192,137 +352,218 @@ impl Proxy {
     /// one target, one meaning; `Host` names this proxy; no other site's web page; the inbound
     /// key (except for `/_proxy/health`). A CORS preflight from an allowed origin is answered
     /// here. `cors_origin` is set to the allowed origin an answer must carry CORS headers for.
-    fn admit(
+    fn admit<'s>(
         &self,
+        state: &'s State,
         req: &Request<Incoming>,
         path: &str,
         cors_origin: &mut Option<http::HeaderValue>,
-    ) -> Result<Option<Response<ProxyBody>>, ProxyError> {
-        target::check(req.method(), req.uri(), |a| {
-            self.access.authority_allowed(a)
-        })?;
+    ) -> Result<Admitted<'s>, ProxyError> {
+        let access = &state.access;
+        target::check(req.method(), req.uri(), |a| access.authority_allowed(a))?;
         let headers = req.headers();
-        self.access.check_host(headers)?;
-        *cors_origin = self.access.check_browser(headers)?;
+        access.check_host(headers)?;
+        *cors_origin = access.check_browser(headers)?;
         if let Some(origin) = cors_origin.clone() {
             if access::is_preflight(req.method(), headers) {
                 *cors_origin = None;
-                return Ok(Some(self.access.preflight(origin)));
+                return Ok(Admitted::Preflight(access.preflight(origin)));
             }
         }
-        if path != "/_proxy/health" {
-            self.access.check_key(headers)?;
+        if path == "/_proxy/health" {
+            return Ok(Admitted::Key(None));
         }
-        Ok(None)
+        Ok(Admitted::Key(access.check_key(headers)?))
     }
 
     async fn proxy(
         &self,
+        state: &State,
         req: Request<Incoming>,
-        op: Option<&Operation>,
+        op: Option<&'static Operation>,
+        prefix_seller: Option<String>,
+        inbound: Option<&InboundKey>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let config = &state.config;
         // 0. Unknown requests: refuse, or forward under the shared default limit.
         if op.is_none() {
-            self.unknown_request(req.method(), req.uri().path())?;
+            self.unknown_request(config, req.method(), req.uri().path())?;
         }
         let (parts, body) = req.into_parts();
-        if parts.uri.path_and_query().is_none() {
+        let Some(received) = parts.uri.path_and_query() else {
             // CONNECT's authority form: nothing an SP-API call looks like.
             return Err(ProxyError::BadRequest("the request has no path".into()));
-        }
-        let path = parts.uri.path();
+        };
+        // What goes upstream: the target exactly as received, minus a `/_seller/NAME` prefix.
+        let target = match &prefix_seller {
+            None => received.clone(),
+            Some(name) => {
+                let rest = &received.as_str()[SELLER_PREFIX.len() + name.len()..];
+                PathAndQuery::try_from(rest).map_err(|e| {
+                    ProxyError::BadRequest(format!("bad path after the seller prefix: {e}"))
+                })?
+            }
+        };
+        let path = target.path();
 
         // 1. Which token: decided before any I/O, so a request we refuse costs no token call.
         let plan = auth::plan(
             op,
             path,
             own_header(&parts.headers, &auth::DATA_ELEMENTS_HEADER)?,
-            op.and_then(|o| self.config.operations.get(&o.index))
+            op.and_then(|o| config.operations.get(&o.index))
                 .and_then(|s| s.data_elements.as_deref()),
-            op.map_or(self.config.restricted_data, |o| {
-                self.config.restricted_data_for(o)
-            }),
+            op.map_or(config.restricted_data, |o| config.restricted_data_for(o)),
         )?;
         let restricted = restricted_header(&parts.headers)?;
-        let max_wait = self.max_wait(&parts.headers)?;
+        let max_wait = self.max_wait(config, &parts.headers)?;
         let deadline = Instant::now() + max_wait;
 
-        // 2. Hold small bodies so that a request can be replayed once with a fresh token.
-        let mut body = self.read_body(body).await?;
+        // 2. Whose request: the seller named by header or prefix (which must agree), else the
+        //    default; a key limited to sellers acts only for them.
+        let named = match (
+            own_header(&parts.headers, &auth::SELLER_HEADER)?,
+            &prefix_seller,
+        ) {
+            (Some(h), Some(p)) if h != p => {
+                return Err(ProxyError::BadRequest(format!(
+                    "{} names `{h}` but the path prefix names `{p}`",
+                    auth::SELLER_HEADER
+                )))
+            }
+            (Some(h), _) => Some(h),
+            (None, p) => p.as_deref(),
+        };
+        let grantless = matches!(plan, TokenPlan::Grantless { .. });
+        let seller = state.auth.seller(named, !grantless)?;
+        if let (Some(allowed), Some(seller)) = (inbound.and_then(|k| k.sellers.as_ref()), seller) {
+            if !allowed.iter().any(|n| **n == *seller.name) {
+                return Err(ProxyError::SellerNotAllowed(seller.name.to_string()));
+            }
+        }
 
-        // 3. Quota, first look: a full queue or a wait past max_wait is refused now, before
+        // 3. Hold small bodies so that a request can be replayed once with a fresh token.
+        let mut body = self.read_body(config, body).await?;
+
+        // 4. Which region: forced by header, else the request's marketplaces, else the
+        //    seller's own.
+        let region = match region::from_header(own_header(&parts.headers, &auth::REGION_HEADER)?)? {
+            Some(r) => r,
+            None => match region::from_query(target.query())? {
+                Some(r) => Some(r),
+                None => match &body {
+                    RequestBody::Buffered(b) if !b.is_empty() => region::from_body(b)?,
+                    _ => None,
+                },
+            }
+            .or(seller.map(|s| s.config.region))
+            .unwrap_or(config.region),
+        };
+        let seller_auth = match seller {
+            Some(s) if !grantless => Some(&**s.region(region)),
+            _ => None,
+        };
+        let ctx = Ctx {
+            op,
+            seller: seller_auth,
+            key: seller_auth.map_or_else(|| Key::application(region), |s| s.key.clone()),
+            forwarder: &state.forwarders[region.index()],
+        };
+
+        // 5. Quota, first look: a full queue or a wait past max_wait is refused now, before
         //    any token call.
-        self.limiter.precheck(op, max_wait)?;
+        self.limiter.precheck(&ctx.key, op, max_wait)?;
 
-        // 4. The token (LWA, grantless or RDT), before queueing: a cold cache is filled now,
+        // 6. The token (LWA, grantless or RDT), before queueing: a cold cache is filled now,
         //    not between our turn and the send. Amazon's bucket starts refilling when our
         //    first request arrives, so that request must not be late.
-        let mut chosen = self.auth.token(&plan, restricted).await?;
+        let auth = &state.auth;
+        let mut chosen = auth.token(ctx.seller, &plan, restricted).await?;
 
-        // 5. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
-        let mut queued = self.limiter.acquire(op, remaining(deadline)).await?;
+        // 7. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
+        let mut queued = self
+            .limiter
+            .acquire(&ctx.key, op, remaining(deadline))
+            .await?;
         if !queued.is_zero() {
             // A long wait may have aged the token: ask again (a cache hit unless it was
             // refreshed meanwhile).
-            chosen = self.auth.token(&plan, restricted).await?;
+            chosen = auth.token(ctx.seller, &plan, restricted).await?;
         }
 
-        // 6. Forward.
-        let mut upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
+        // 8. Forward.
+        let mut upstream = self
+            .send(&ctx, &parts, &target, &mut body, &chosen.token)
+            .await?;
 
-        // 7. Amazon says the token expired or is invalid: drop it, get a new one, replay once
+        // 9. Amazon says the token expired or is invalid: drop it, get a new one, replay once
         //    (if the body was held). A fresh token rejected too means the credentials
         //    themselves are not accepted: /_proxy/ready says so.
         if upstream.status() == StatusCode::FORBIDDEN {
             upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
             if upstream.says_token_rejected() {
-                self.auth.reject(&chosen);
+                auth.reject(ctx.seller, &chosen);
                 if body.replayable() {
                     tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
-                    chosen = self.auth.token(&plan, restricted).await?;
-                    queued += self.limiter.acquire(op, remaining(deadline)).await?;
-                    upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
+                    chosen = auth.token(ctx.seller, &plan, restricted).await?;
+                    queued += self
+                        .limiter
+                        .acquire(&ctx.key, op, remaining(deadline))
+                        .await?;
+                    upstream = self
+                        .send(&ctx, &parts, &target, &mut body, &chosen.token)
+                        .await?;
                     if upstream.status() == StatusCode::FORBIDDEN {
                         upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
                         if upstream.says_token_rejected() {
-                            self.auth.rejected_fresh(&chosen, &upstream.text());
+                            if let Some(s) = ctx.seller {
+                                s.rejected_fresh(&chosen, &upstream.text());
+                            }
                         }
                     }
                 }
             }
         }
         if upstream.status() != StatusCode::FORBIDDEN {
-            self.auth.accepted(&chosen);
+            if let Some(s) = ctx.seller {
+                s.accepted(&chosen);
+            }
         }
 
-        // 8. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
-        //    and retry requests that are safe to repeat, within the same max wait.
+        // 10. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
+        //     and retry requests that are safe to repeat, within the same max wait.
         let mut retries = 0;
         while upstream.status() == StatusCode::TOO_MANY_REQUESTS
             && self.limiter.enabled()
-            && retries < self.config.throttle_retries
-            && self.safe_to_repeat(&parts.method)
+            && retries < config.throttle_retries
+            && safe_to_repeat(config, &parts.method)
             && body.replayable()
         {
-            self.limiter.throttled(op);
-            let Ok(waited) = self.limiter.acquire(op, remaining(deadline)).await else {
+            self.limiter.throttled(&ctx.key, op);
+            let Ok(waited) = self
+                .limiter
+                .acquire(&ctx.key, op, remaining(deadline))
+                .await
+            else {
                 break;
             };
             queued += waited;
             retries += 1;
             tracing::info!(path = %path, retries, "Amazon answered 429; retrying after waiting for quota");
-            upstream = self.send(op, &parts, &mut body, &chosen.token).await?;
+            upstream = self
+                .send(&ctx, &parts, &target, &mut body, &chosen.token)
+                .await?;
         }
 
-        // 9. getReport/getReports answers say which report documents are restricted.
+        // 11. getReport/getReports answers say which report documents are restricted.
         if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
             upstream = upstream.read_whole(MAX_LEARNED_BODY).await?;
-            if let Upstream::Read { body, .. } = &upstream {
-                self.auth.learn_reports(body);
+            if let (Upstream::Read { body, .. }, Some(s)) = (&upstream, ctx.seller) {
+                s.learn_reports(body);
             }
         }
 
-        // 10. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
+        // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
         let mut response = upstream.into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -339,31 +580,27 @@ impl Proxy {
     }
 
     /// `max_wait`, shortened (never lengthened) by the request's `x-spapi-max-wait`.
-    fn max_wait(&self, headers: &HeaderMap) -> Result<Duration, ProxyError> {
+    fn max_wait(&self, config: &Config, headers: &HeaderMap) -> Result<Duration, ProxyError> {
         let Some(v) = own_header(headers, &MAX_WAIT_HEADER)? else {
-            return Ok(self.config.max_wait);
+            return Ok(config.max_wait);
         };
         match v.trim().parse::<f64>() {
             // Clamped to max_wait before converting, so no value can overflow a Duration.
             Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::try_from_secs_f64(secs)
-                .map_or(self.config.max_wait, |d| d.min(self.config.max_wait))),
+                .map_or(config.max_wait, |d| d.min(config.max_wait))),
             _ => Err(ProxyError::BadRequest(format!(
                 "{MAX_WAIT_HEADER}: `{v}` is not a number of seconds"
             ))),
         }
     }
 
-    /// GET, HEAD and DELETE may be repeated; PUT and PATCH only if configured; POST never.
-    fn safe_to_repeat(&self, method: &Method) -> bool {
-        match *method {
-            Method::GET | Method::HEAD | Method::DELETE => true,
-            Method::PUT | Method::PATCH => self.config.retry_put_patch,
-            _ => false,
-        }
-    }
-
-    fn unknown_request(&self, method: &Method, path: &str) -> Result<(), ProxyError> {
-        if self.config.unknown_operations == UnknownOperations::Reject {
+    fn unknown_request(
+        &self,
+        config: &Config,
+        method: &Method,
+        path: &str,
+    ) -> Result<(), ProxyError> {
+        if config.unknown_operations == UnknownOperations::Reject {
             return Err(ProxyError::NoRoute {
                 method: method.to_string(),
                 path: path.to_string(),
@@ -380,33 +617,30 @@ impl Proxy {
     /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket.
     async fn send(
         &self,
-        op: Option<&Operation>,
+        ctx: &Ctx<'_>,
         parts: &http::request::Parts,
+        target: &PathAndQuery,
         body: &mut RequestBody,
         token: &Token,
     ) -> Result<Upstream, ProxyError> {
-        // The target exactly as received: target::check made sure it means one thing.
-        let target = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let headers = forward::upstream_headers(
             &parts.headers,
             token.header(),
             SystemTime::now(),
-            self.forwarder.host(),
+            ctx.forwarder.host(),
         );
-        let sent = self
+        // The target as received (target::check made sure it means one thing), cloned
+        // without copying its bytes.
+        let sent = ctx
             .forwarder
-            .send(parts.method.clone(), target, headers, body.take())
+            .send(parts.method.clone(), target.clone(), headers, body.take())
             .await;
         let resp = match (sent, body.broke()) {
             (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
             (sent, _) => sent?,
         };
         if let Some(rate) = limiter::rate_header(resp.headers()) {
-            self.limiter.observe_rate(op, rate);
+            self.limiter.observe_rate(&ctx.key, ctx.op, rate);
         }
         Ok(Upstream::Streaming(resp))
     }
@@ -414,8 +648,12 @@ impl Proxy {
     /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the
     /// request can be replayed, and so that a body that breaks off is refused before Amazon
     /// sees any of it. A larger body streams: what was read so far, then the rest.
-    async fn read_body(&self, mut body: Incoming) -> Result<RequestBody, ProxyError> {
-        let limit = self.config.replay_buffer_bytes;
+    async fn read_body(
+        &self,
+        config: &Config,
+        mut body: Incoming,
+    ) -> Result<RequestBody, ProxyError> {
+        let limit = config.replay_buffer_bytes;
         let mut held = BytesMut::new();
         if body.size_hint().lower() <= limit {
             loop {
@@ -441,44 +679,222 @@ impl Proxy {
 
     async fn own_endpoint(
         &self,
-        method: &Method,
-        path: &str,
+        state: &State,
+        req: &Request<Incoming>,
+        key: Option<&InboundKey>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let method = req.method();
+        let path = req.uri().path();
+        let auth = &state.auth;
         match (method, path) {
             (&Method::GET, "/_proxy/health") => Ok(json_response(
                 StatusCode::OK,
                 serde_json::json!({"status": "ok"}),
             )),
             (&Method::GET, "/_proxy/quota") => {
-                Ok(json_response(StatusCode::OK, self.limiter.snapshot()))
+                let mut quota = self.limiter.snapshot();
+                quota["sellers"] = auth
+                    .sellers()
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "seller": &*s.name,
+                            "region": s.config.region.name(),
+                            "healthy": s.used_regions().all(|a| a.healthy()),
+                        })
+                    })
+                    .collect();
+                Ok(json_response(StatusCode::OK, quota))
             }
-            (&Method::GET, "/_proxy/status") => Ok(json_response(
-                StatusCode::OK,
-                serde_json::json!({
-                    "restricted_data": {
-                        "default": self.config.restricted_data.name(),
-                        "retry_secs": self.config.restricted_data_retry.as_secs(),
-                        "refused_data_elements": self.auth.pii_roles(),
-                    },
-                    "seller_token": {
-                        "rejected_by_amazon": self.auth.fresh_rejection(),
-                    },
-                }),
-            )),
-            (&Method::GET, "/_proxy/ready") => match self.auth.ready().await {
-                Ok(_) => Ok(json_response(
-                    StatusCode::OK,
-                    serde_json::json!({"status": "ready"}),
-                )),
-                Err(e) => Err(ProxyError::NotReady(format!(
-                    "no access token could be obtained: {e}"
-                ))),
-            },
+            (&Method::GET, "/_proxy/status") => Ok(json_response(StatusCode::OK, status(state))),
+            (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query()).await,
+            (&Method::POST, "/_proxy/reload") => {
+                // A key limited to some sellers may act for them, not change the proxy.
+                if key.is_some_and(|k| k.sellers.is_some()) {
+                    return Err(ProxyError::SellerNotAllowed(
+                        "(reload needs a key that is not limited to sellers)".into(),
+                    ));
+                }
+                match self.reload() {
+                    Ok(summary) => Ok(json_response(
+                        StatusCode::OK,
+                        serde_json::json!({"status": "reloaded", "summary": summary}),
+                    )),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the proxy keeps the config it had");
+                        Err(ProxyError::BadRequest(format!(
+                            "the config was not reloaded, and the proxy keeps running on the one \
+                             it had: {e}"
+                        )))
+                    }
+                }
+            }
             _ => Err(ProxyError::NoRoute {
                 method: method.to_string(),
                 path: path.to_string(),
             }),
         }
+    }
+
+    /// `/_proxy/ready[?seller=NAME]`: ready when a token can be had for that seller, or
+    /// without one named, for at least one seller (grantless with no sellers configured). The
+    /// answer lists every seller checked, so one revoked seller shows without taking the
+    /// others out of service.
+    async fn ready(
+        &self,
+        state: &State,
+        query: Option<&str>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let auth = &state.auth;
+        let named = query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "seller")
+                .map(|(_, v)| v.into_owned())
+        });
+        let sellers: Vec<&Arc<auth::Seller>> = match &named {
+            Some(name) => vec![auth
+                .seller(Some(name), true)?
+                .ok_or_else(|| ProxyError::BadRequest(format!("no seller is called `{name}`")))?],
+            None => auth.sellers(),
+        };
+        if sellers.is_empty() {
+            return match auth.ready(None).await {
+                Ok(()) => Ok(json_response(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready", "sellers": {}}),
+                )),
+                Err(e) => Err(ProxyError::NotReady(format!(
+                    "no access token could be obtained: {e}"
+                ))),
+            };
+        }
+        let mut report = serde_json::Map::new();
+        let mut first_error = None;
+        let mut any_ready = false;
+        for s in &sellers {
+            let result = auth.ready(Some(s)).await;
+            any_ready |= result.is_ok();
+            report.insert(
+                s.name.to_string(),
+                match &result {
+                    Ok(()) => {
+                        serde_json::json!({"status": "ready", "region": s.config.region.name()})
+                    }
+                    Err(e) => serde_json::json!({
+                        "status": "not ready",
+                        "region": s.config.region.name(),
+                        "error": e.to_string(),
+                    }),
+                },
+            );
+            if let Err(e) = result {
+                first_error.get_or_insert(format!("{}: {e}", s.name));
+            }
+        }
+        if any_ready {
+            return Ok(json_response(
+                StatusCode::OK,
+                serde_json::json!({"status": "ready", "sellers": report}),
+            ));
+        }
+        Err(ProxyError::NotReady(format!(
+            "no access token could be obtained: {}",
+            first_error.unwrap_or_default()
+        )))
+    }
+}
+
+/// `/_proxy/status`: policies, which client secret works, and each seller's state; never a
+/// secret's value.
+fn status(state: &State) -> serde_json::Value {
+    let auth = &state.auth;
+    let config = &state.config;
+    let default = auth.default_seller().map(|s| s.region(s.config.region));
+    let sellers: serde_json::Map<String, serde_json::Value> = auth
+        .sellers()
+        .iter()
+        .map(|s| {
+            let regions: serde_json::Map<String, serde_json::Value> = s
+                .used_regions()
+                .map(|a| {
+                    (
+                        a.key.region.name().to_string(),
+                        serde_json::json!({
+                            "healthy": a.healthy(),
+                            "rejected_by_amazon": a.fresh_rejection(),
+                            "refused_data_elements": a.pii_roles(),
+                        }),
+                    )
+                })
+                .collect();
+            (
+                s.name.to_string(),
+                serde_json::json!({
+                    "region": s.config.region.name(),
+                    "selling_partner_id": s.config.selling_partner_id,
+                    "default": config.default_seller.as_deref() == Some(&*s.name),
+                    "regions": regions,
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "restricted_data": {
+            "default": config.restricted_data.name(),
+            "retry_secs": config.restricted_data_retry.as_secs(),
+            "refused_data_elements": default.map_or(serde_json::json!({}), |d| d.pii_roles()),
+        },
+        "seller_token": {
+            "rejected_by_amazon": default.and_then(|d| d.fresh_rejection()),
+        },
+        "client_secret": auth.secret_in_use(),
+        "sellers": sellers,
+    })
+}
+
+/// What [`Proxy::admit`] let through: a preflight it answered, or a request, with the inbound
+/// key it presented (`None` when no keys are configured, or for `/_proxy/health`).
+enum Admitted<'s> {
+    Preflight(Response<ProxyBody>),
+    Key(Option<&'s InboundKey>),
+}
+
+/// The path prefix naming a seller.
+const SELLER_PREFIX: &str = "/_seller/";
+
+/// `/_seller/NAME/rest` as `(NAME, /rest)`; `None` without the prefix, an error when the
+/// prefix is there but no path follows it.
+fn seller_prefix(path: &str) -> Option<Result<(&str, &str), ProxyError>> {
+    let after = path.strip_prefix(SELLER_PREFIX)?;
+    let parsed = after
+        .find('/')
+        .map(|i| after.split_at(i))
+        .filter(|(name, rest)| !name.is_empty() && !rest.starts_with("/_proxy/"));
+    Some(parsed.ok_or_else(|| {
+        ProxyError::BadRequest(format!(
+            "`{path}`: a seller prefix is /_seller/NAME/ followed by the SP-API path"
+        ))
+    }))
+}
+
+/// GET, HEAD and DELETE may be repeated; PUT and PATCH only if configured; POST never.
+fn safe_to_repeat(config: &Config, method: &Method) -> bool {
+    match *method {
+        Method::GET | Method::HEAD | Method::DELETE => true,
+        Method::PUT | Method::PATCH => config.retry_put_patch,
+        _ => false,
+    }
+}
+
+fn list(names: &[&String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

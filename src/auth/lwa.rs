@@ -1,7 +1,10 @@
 //! Login with Amazon: the token endpoint's request and answer formats, with retries.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use reqwest::Url;
 use serde::Deserialize;
@@ -22,13 +25,26 @@ pub enum Grant {
     },
 }
 
+/// The app's client secret, and the one generated to replace it (Amazon keeps the old one
+/// valid for 7 days after a new one is generated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSecrets {
+    /// `client_secret`.
+    pub current: Secret,
+    /// `next_client_secret`.
+    pub next: Option<Secret>,
+}
+
 /// The LWA token endpoint and the app's credentials.
 #[derive(Debug)]
 pub struct LwaClient {
     http: reqwest::Client,
     token_url: Url,
     client_id: String,
-    client_secret: Secret,
+    /// Replaced by a reload; read once per token call.
+    secrets: ArcSwap<ClientSecrets>,
+    /// Set once LWA refused the current secret and took the next one.
+    using_next: AtomicBool,
     timeout: Duration,
     retries: u32,
 }
@@ -57,7 +73,7 @@ impl LwaClient {
         http: reqwest::Client,
         token_url: Url,
         client_id: String,
-        client_secret: Secret,
+        secrets: ClientSecrets,
         timeout: Duration,
         retries: u32,
     ) -> Self {
@@ -65,9 +81,41 @@ impl LwaClient {
             http,
             token_url,
             client_id,
-            client_secret,
+            secrets: ArcSwap::from_pointee(secrets),
+            using_next: AtomicBool::new(false),
             timeout,
             retries,
+        }
+    }
+
+    /// Whether this client talks to the same endpoint as the same application.
+    pub fn same_app(
+        &self,
+        token_url: &Url,
+        client_id: &str,
+        timeout: Duration,
+        retries: u32,
+    ) -> bool {
+        self.token_url == *token_url
+            && self.client_id == client_id
+            && self.timeout == timeout
+            && self.retries == retries
+    }
+
+    /// Takes reloaded secrets; if they differ, the current one is tried first again.
+    pub fn set_secrets(&self, secrets: ClientSecrets) {
+        if **self.secrets.load() != secrets {
+            self.secrets.store(Arc::new(secrets));
+            self.using_next.store(false, Ordering::Release);
+        }
+    }
+
+    /// Which configured secret LWA accepts: `client_secret` or `next_client_secret`.
+    pub fn secret_in_use(&self) -> &'static str {
+        if self.using_next.load(Ordering::Acquire) {
+            "next_client_secret"
+        } else {
+            "client_secret"
         }
     }
 
@@ -100,8 +148,46 @@ impl LwaClient {
         }
     }
 
+    /// One token call; if LWA answers `invalid_client` and the other configured secret has not
+    /// been tried, it is tried at once, and used from then on if LWA takes it.
     async fn fetch_once(&self, grant: &Grant, timeout: Duration) -> Result<FreshToken, TokenError> {
-        let form = self.form(grant);
+        let secrets = self.secrets.load_full();
+        let using_next = self.using_next.load(Ordering::Acquire);
+        let (first, other) = match (&secrets.next, using_next) {
+            (Some(next), true) => (next, Some(&secrets.current)),
+            (next, _) => (&secrets.current, next.as_ref()),
+        };
+        let result = self.fetch_with(grant, first, timeout).await;
+        let (Err(TokenError::Refused { code, .. }), Some(other)) = (&result, other) else {
+            return result;
+        };
+        if code != "invalid_client" {
+            return result;
+        }
+        let retried = self.fetch_with(grant, other, timeout).await;
+        if retried.is_ok() {
+            let now_next = !using_next;
+            self.using_next.store(now_next, Ordering::Release);
+            if now_next {
+                tracing::warn!(
+                    "LWA refused client_secret (invalid_client) and accepted next_client_secret;                      the proxy uses next_client_secret from now on. Promote it: make it                      client_secret (SPAPI_CLIENT_SECRET) and remove next_client_secret"
+                );
+            } else {
+                tracing::warn!(
+                    "LWA refused next_client_secret (invalid_client) and accepted client_secret                      again; the proxy uses client_secret"
+                );
+            }
+        }
+        retried
+    }
+
+    async fn fetch_with(
+        &self,
+        grant: &Grant,
+        secret: &Secret,
+        timeout: Duration,
+    ) -> Result<FreshToken, TokenError> {
+        let form = self.form(grant, secret);
         let request = self
             .http
             .post(self.token_url.clone())
@@ -115,7 +201,7 @@ impl LwaClient {
     }
 
     /// The documented form body; `refresh_token` and `scope` are never sent together.
-    fn form(&self, grant: &Grant) -> String {
+    fn form(&self, grant: &Grant, secret: &Secret) -> String {
         let mut form = form_urlencoded::Serializer::new(String::new());
         match grant {
             Grant::RefreshToken(rt) => {
@@ -128,7 +214,7 @@ impl LwaClient {
             }
         }
         form.append_pair("client_id", &self.client_id)
-            .append_pair("client_secret", self.client_secret.expose());
+            .append_pair("client_secret", secret.expose());
         form.finish()
     }
 
@@ -165,7 +251,12 @@ impl LwaClient {
 
     /// LWA's own text is passed on to clients; make sure it cannot echo a credential back.
     fn scrub(&self, text: &str) -> String {
-        text.replace(self.client_secret.expose(), "***")
+        let secrets = self.secrets.load();
+        let mut out = text.replace(secrets.current.expose(), "***");
+        if let Some(next) = &secrets.next {
+            out = out.replace(next.expose(), "***");
+        }
+        out
     }
 }
 

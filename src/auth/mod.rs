@@ -1,5 +1,7 @@
 //! Token choice: which token a request carries, and where it comes from.
 //!
+//! - [`app`]: the application's part: the LWA client and its secrets, grantless tokens.
+//! - [`seller`]: one seller in one region: its access token, RDTs and what Amazon said.
 //! - [`cache`]: [`cache::TokenCache`], one token refreshed ahead and fetched single-flight;
 //!   every token below lives in one.
 //! - [`lwa`]: LWA access tokens (refresh_token and client_credentials grants).
@@ -7,26 +9,37 @@
 //! - [`grantless`]: client_credentials tokens, cached per scope.
 //! - [`pii`]: dataElements the application turned out to have no role for.
 
+pub mod app;
 pub mod cache;
 pub mod grantless;
 pub mod lwa;
 pub mod pii;
 pub mod rdt;
+pub mod seller;
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::config::{Config, ConfigError, RestrictedData};
+use crate::config::{Config, ConfigError, Region, RestrictedData, SellerConfig};
 use crate::error::{ProxyError, TokenError};
+use crate::key::Key;
 use crate::limiter::Limiter;
 use crate::operations::{AuthKind, Operation};
 
-use cache::{Token, TokenCache};
-use grantless::Grantless;
-use lwa::{Grant, LwaClient};
-use pii::{PiiRoles, Refusal};
-use rdt::{Minter, RdtCache, RdtResource, ReportTypes};
+use app::App;
+use cache::Token;
+use lwa::Grant;
+use pii::PiiRoles;
+use rdt::{MintQuota, Minter, RdtCache, RdtResource, ReportTypes};
+use seller::SellerAuth;
+
+/// Request header naming the seller a request acts for.
+pub const SELLER_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-seller");
+/// Request header forcing the region: `na`, `eu` or `fe`.
+pub const REGION_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-region");
 
 /// Response header on operations that may carry personal data: `included` when the request
 /// went with an RDT, `omitted` when it went with the LWA token instead.
@@ -79,20 +92,6 @@ pub struct Chosen {
     pub pii: Option<Pii>,
 }
 
-/// Every token source the proxy has.
-#[derive(Debug)]
-pub struct Auth {
-    seller: Option<TokenCache>,
-    grantless: Grantless,
-    rdt: Option<RdtCache>,
-    reports: ReportTypes,
-    pii: PiiRoles,
-    /// Set when Amazon rejected a token the proxy had just fetched, so that `/_proxy/ready`
-    /// does not report ready on the strength of a token Amazon will not take.
-    rejected_fresh: Mutex<Option<String>>,
-    any_rejected_fresh: std::sync::atomic::AtomicBool,
-}
-
 /// Sends a request to a token service (LWA or the Tokens API) and reads the answer whole,
 /// within `timeout`. Token answers are small, and the whole answer is needed to parse it.
 pub(crate) async fn call_token_service(
@@ -142,250 +141,275 @@ pub fn says_token_rejected(headers: &HeaderMap, body: &[u8]) -> bool {
     TOKEN_REJECTED.iter().any(|phrase| text.contains(phrase))
 }
 
+/// Builds each seller's per-region auth on first use; what it is built from is compared on
+/// reload to decide whether a seller's caches can be kept.
+#[derive(Debug)]
+struct Factory {
+    app: Arc<App>,
+    http: reqwest::Client,
+    limiter: Arc<Limiter>,
+    settings: FactorySettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct FactorySettings {
+    rdt_endpoints: [reqwest::Url; 3],
+    target_application: Option<String>,
+    token_timeout: Duration,
+    max_wait: Duration,
+    restricted_report_types: Vec<String>,
+    restricted_data_retry: Duration,
+}
+
+impl FactorySettings {
+    fn from_config(config: &Config) -> FactorySettings {
+        FactorySettings {
+            rdt_endpoints: config.rdt_endpoints.clone(),
+            target_application: config.target_application.clone(),
+            token_timeout: config.timeouts.token,
+            max_wait: config.max_wait,
+            restricted_report_types: config.restricted_report_types.clone(),
+            restricted_data_retry: config.restricted_data_retry,
+        }
+    }
+}
+
+impl Factory {
+    fn build(&self, seller: &SellerConfig, name: &Arc<str>, region: Region) -> SellerAuth {
+        let key = Key::seller(name, region);
+        let token = lwa::cache(
+            Arc::clone(&self.app.lwa),
+            Grant::RefreshToken(seller.refresh_token.clone()),
+        );
+        let s = &self.settings;
+        let rdt = RdtCache::new(Minter::new(
+            self.http.clone(),
+            &s.rdt_endpoints[region.index()],
+            token.clone(),
+            s.target_application.clone(),
+            s.token_timeout,
+            MintQuota {
+                limiter: Arc::clone(&self.limiter),
+                key: key.clone(),
+                max_wait: s.max_wait,
+            },
+        ));
+        SellerAuth::new(
+            key,
+            token,
+            rdt,
+            ReportTypes::new(&s.restricted_report_types),
+            PiiRoles::new(s.restricted_data_retry),
+        )
+    }
+}
+
+/// One configured seller; its auth in each region is made when first needed.
+#[derive(Debug)]
+pub struct Seller {
+    /// As configured.
+    pub config: SellerConfig,
+    /// The name, shared by every key made for it.
+    pub name: Arc<str>,
+    regions: [OnceLock<Arc<SellerAuth>>; 3],
+    factory: Arc<Factory>,
+}
+
+impl Seller {
+    /// The seller's tokens in `region`.
+    pub fn region(&self, region: Region) -> &Arc<SellerAuth> {
+        self.regions[region.index()]
+            .get_or_init(|| Arc::new(self.factory.build(&self.config, &self.name, region)))
+    }
+
+    /// The seller's auth in every region used so far.
+    pub fn used_regions(&self) -> impl Iterator<Item = &Arc<SellerAuth>> {
+        self.regions.iter().filter_map(OnceLock::get)
+    }
+}
+
+/// Every token source: the application's, and each seller's.
+#[derive(Debug)]
+pub struct Auth {
+    app: Arc<App>,
+    factory: Arc<Factory>,
+    sellers: HashMap<String, Arc<Seller>>,
+    default: Option<Arc<Seller>>,
+}
+
 impl Auth {
-    /// Token sources for the configured credentials; nothing is fetched yet.
+    /// Token sources for the configured credentials and sellers; nothing is fetched yet.
     pub fn new(
         config: &Config,
         http: reqwest::Client,
         limiter: Arc<Limiter>,
     ) -> Result<Self, ConfigError> {
-        config.require_credentials()?;
-        let c = &config.credentials;
-        let (Some(client_id), Some(secret)) = (&c.client_id, &c.client_secret) else {
-            unreachable!("require_credentials checked both");
+        let app = Arc::new(App::new(config, http.clone())?);
+        Ok(Auth::assemble(config, app, http, limiter, None))
+    }
+
+    /// The same for a reloaded `config`: the application's tokens are kept if it is the same
+    /// application (a new secret is taken either way), and each seller's caches are kept if
+    /// the seller and what its tokens are made from did not change.
+    pub fn reload(&self, config: &Config) -> Result<Auth, ConfigError> {
+        let same_app = self.app.reusable_for(config)?;
+        let app = if same_app {
+            Arc::clone(&self.app)
+        } else {
+            Arc::new(App::new(config, self.factory.http.clone())?)
         };
-        let client = Arc::new(LwaClient::new(
-            http.clone(),
-            config.token_url.clone(),
-            client_id.clone(),
-            secret.clone(),
-            config.timeouts.token,
-            config.token_retries,
-        ));
-        let seller = c
-            .refresh_token
-            .as_ref()
-            .map(|rt| lwa::cache(Arc::clone(&client), Grant::RefreshToken(rt.clone())));
-        let rdt = seller.as_ref().map(|seller| {
-            RdtCache::new(Minter::new(
+        let keep = same_app && FactorySettings::from_config(config) == self.factory.settings;
+        Ok(Auth::assemble(
+            config,
+            app,
+            self.factory.http.clone(),
+            Arc::clone(&self.factory.limiter),
+            keep.then_some(self),
+        ))
+    }
+
+    fn assemble(
+        config: &Config,
+        app: Arc<App>,
+        http: reqwest::Client,
+        limiter: Arc<Limiter>,
+        previous: Option<&Auth>,
+    ) -> Auth {
+        let factory = match previous {
+            Some(p) => Arc::clone(&p.factory),
+            None => Arc::new(Factory {
+                app: Arc::clone(&app),
                 http,
-                &config.rdt_endpoint,
-                seller.clone(),
-                config.target_application.clone(),
-                config.timeouts.token,
                 limiter,
-                config.max_wait,
-            ))
-        });
-        Ok(Auth {
-            seller,
-            grantless: Grantless::new(client),
-            rdt,
-            reports: ReportTypes::new(&config.restricted_report_types),
-            pii: PiiRoles::new(config.restricted_data_retry),
-            rejected_fresh: Mutex::new(None),
-            any_rejected_fresh: Default::default(),
-        })
+                settings: FactorySettings::from_config(config),
+            }),
+        };
+        let sellers: HashMap<String, Arc<Seller>> = config
+            .sellers
+            .iter()
+            .map(|s| {
+                let kept = previous
+                    .and_then(|p| p.sellers.get(&s.name))
+                    .filter(|old| old.config == *s)
+                    .cloned();
+                let seller = kept.unwrap_or_else(|| {
+                    Arc::new(Seller {
+                        config: s.clone(),
+                        name: Arc::from(s.name.as_str()),
+                        regions: Default::default(),
+                        factory: Arc::clone(&factory),
+                    })
+                });
+                (s.name.clone(), seller)
+            })
+            .collect();
+        let default = config
+            .default_seller
+            .as_ref()
+            .and_then(|n| sellers.get(n))
+            .cloned();
+        Auth {
+            app,
+            factory,
+            sellers,
+            default,
+        }
+    }
+
+    /// The seller a request acts for: the one it names, else the default. `None` only when
+    /// it names none, there is no default, and `needed` is false (grantless operations).
+    pub fn seller(
+        &self,
+        named: Option<&str>,
+        needed: bool,
+    ) -> Result<Option<&Arc<Seller>>, ProxyError> {
+        match named {
+            Some(name) => self.sellers.get(name).map(Some).ok_or_else(|| {
+                ProxyError::BadRequest(format!(
+                    "no seller is called `{name}`; the configured sellers are: {}",
+                    self.seller_names()
+                ))
+            }),
+            None => match &self.default {
+                Some(d) => Ok(Some(d)),
+                None if !needed => Ok(None),
+                None if self.sellers.is_empty() => Err(Self::no_refresh_token().into()),
+                None => Err(ProxyError::BadRequest(format!(
+                    "the request names no seller and none is the default; name one with \
+                     {SELLER_HEADER} or a /_seller/NAME/ prefix (configured: {})",
+                    self.seller_names()
+                ))),
+            },
+        }
+    }
+
+    fn seller_names(&self) -> String {
+        let mut names: Vec<&str> = self.sellers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.join(", ")
+    }
+
+    /// Every seller, sorted by name.
+    pub fn sellers(&self) -> Vec<&Arc<Seller>> {
+        let mut all: Vec<&Arc<Seller>> = self.sellers.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The default seller, if any.
+    pub fn default_seller(&self) -> Option<&Arc<Seller>> {
+        self.default.as_ref()
     }
 
     fn no_refresh_token() -> TokenError {
         TokenError::NotConfigured(
             "no refresh token is configured, so only grantless operations can be served; \
-             set SPAPI_REFRESH_TOKEN or credentials.refresh_token"
+             set SPAPI_REFRESH_TOKEN or credentials.refresh_token, or add [sellers.NAME]"
                 .into(),
         )
     }
 
-    /// The seller's LWA access token.
-    pub async fn seller_token(&self) -> Result<Token, TokenError> {
-        match &self.seller {
-            Some(s) => s.get().await,
-            None => Err(Self::no_refresh_token()),
-        }
-    }
-
-    /// The token `plan` calls for. `restricted` is the `x-spapi-restricted` header, if any.
+    /// The token `plan` calls for: a grantless one from the application, anything else from
+    /// `seller`. `restricted` is the `x-spapi-restricted` header, if any.
     pub async fn token(
         &self,
+        seller: Option<&SellerAuth>,
         plan: &TokenPlan,
         restricted: Option<bool>,
     ) -> Result<Chosen, ProxyError> {
-        match plan {
-            TokenPlan::Lwa => self.seller_chosen(None).await,
-            TokenPlan::LwaNoPii => self.seller_chosen(Some(Pii::Omitted)).await,
-            TokenPlan::Grantless { scope } => Ok(Chosen {
-                token: self.grantless.get(scope).await?,
+        match (plan, seller) {
+            (TokenPlan::Grantless { scope }, _) => Ok(Chosen {
+                token: self.app.grantless.get(scope).await?,
                 source: TokenSource::Grantless(scope.clone()),
                 pii: None,
             }),
-            TokenPlan::Rdt {
-                resource,
-                on_refusal,
-            } => self.rdt_or_fallback(resource, *on_refusal).await,
-            TokenPlan::RdtIfRestrictedReport { path, policy } => {
-                let document = path.rsplit('/').next().unwrap_or("");
-                if restricted.or_else(|| self.reports.is_restricted(document)) != Some(true) {
-                    return self.seller_chosen(None).await;
-                }
-                let resource = RdtResource {
-                    method: "GET".into(),
-                    path: path.clone(),
-                    data_elements: Vec::new(),
-                };
-                match policy {
-                    RestrictedData::Never => self.seller_chosen(Some(Pii::Omitted)).await,
-                    RestrictedData::Always => {
-                        self.rdt_or_fallback(&resource, OnRefusal::Fail).await
-                    }
-                    RestrictedData::Auto => {
-                        self.rdt_or_fallback(&resource, OnRefusal::FallBack).await
-                    }
-                }
-            }
+            (_, Some(seller)) => seller.token(plan, restricted).await,
+            (_, None) => Err(Self::no_refresh_token().into()),
         }
-    }
-
-    async fn seller_chosen(&self, pii: Option<Pii>) -> Result<Chosen, ProxyError> {
-        Ok(Chosen {
-            token: self.seller_token().await?,
-            source: TokenSource::Seller,
-            pii,
-        })
-    }
-
-    /// An RDT for `resource`; if Amazon says the application has no role for its dataElements,
-    /// what `on_refusal` says. A refusal is remembered so that it is not asked again for a while.
-    async fn rdt_or_fallback(
-        &self,
-        resource: &RdtResource,
-        on_refusal: OnRefusal,
-    ) -> Result<Chosen, ProxyError> {
-        let learnt = match on_refusal {
-            OnRefusal::Fail => None,
-            OnRefusal::FallBack | OnRefusal::NotPermitted => {
-                self.pii.refused(&resource.data_elements)
-            }
-        };
-        let refusal = match learnt {
-            Some(r) => r,
-            None => {
-                let rdt = self.rdt.as_ref().ok_or_else(Self::no_refresh_token)?;
-                match rdt.get(resource).await {
-                    Ok(token) => {
-                        return Ok(Chosen {
-                            token,
-                            source: TokenSource::Rdt(resource.clone()),
-                            pii: Some(Pii::Included),
-                        })
-                    }
-                    Err(TokenError::Refused {
-                        service: "rdt",
-                        code,
-                        description,
-                    }) if pii::is_role_refusal(&description) => {
-                        let refusal = Refusal {
-                            code,
-                            message: description,
-                        };
-                        self.pii.learn(&resource.data_elements, refusal.clone());
-                        refusal
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        match on_refusal {
-            OnRefusal::FallBack => self.seller_chosen(Some(Pii::Omitted)).await,
-            OnRefusal::NotPermitted => Err(TokenError::PiiNotPermitted {
-                code: refusal.code,
-                description: refusal.message,
-            }
-            .into()),
-            OnRefusal::Fail => Err(TokenError::Refused {
-                service: "rdt",
-                code: refusal.code,
-                description: refusal.message,
-            }
-            .into()),
-        }
-    }
-
-    /// What the proxy has learnt about the application's roles, for `/_proxy/status`.
-    pub fn pii_roles(&self) -> serde_json::Value {
-        self.pii.snapshot()
     }
 
     /// Amazon rejected `chosen`: forget it so the next request gets a new one.
-    pub fn reject(&self, chosen: &Chosen) {
-        match &chosen.source {
-            TokenSource::Seller => {
-                if let Some(s) = &self.seller {
-                    s.invalidate(&chosen.token);
-                }
+    pub fn reject(&self, seller: Option<&SellerAuth>, chosen: &Chosen) {
+        match (&chosen.source, seller) {
+            (TokenSource::Grantless(scope), _) => {
+                self.app.grantless.invalidate(scope, &chosen.token);
             }
-            TokenSource::Grantless(scope) => self.grantless.invalidate(scope, &chosen.token),
-            TokenSource::Rdt(resource) => {
-                if let Some(rdt) = &self.rdt {
-                    rdt.invalidate(resource, &chosen.token);
-                }
-            }
+            (_, Some(seller)) => seller.reject(chosen),
+            (_, None) => {}
         }
     }
 
-    /// Amazon rejected `chosen` although it was fetched for this very request's replay: the
-    /// credentials themselves are not accepted, and `/_proxy/ready` says so until a request
-    /// with a seller token succeeds again.
-    pub fn rejected_fresh(&self, chosen: &Chosen, amazon: &str) {
-        if chosen.source == TokenSource::Seller {
-            *self
-                .rejected_fresh
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(amazon.to_string());
-            self.any_rejected_fresh
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
+    /// Which configured client secret LWA accepts (never its value).
+    pub fn secret_in_use(&self) -> &'static str {
+        self.app.lwa.secret_in_use()
     }
 
-    /// Amazon's words when it last rejected a freshly fetched seller token, if that is the
-    /// latest news.
-    pub fn fresh_rejection(&self) -> Option<String> {
-        self.rejected_fresh
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// A request with a seller token got an answer other than a token rejection.
-    pub fn accepted(&self, chosen: &Chosen) {
-        // One atomic load on the request path; the lock only after a rejection.
-        if chosen.source == TokenSource::Seller
-            && self
-                .any_rejected_fresh
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            *self
-                .rejected_fresh
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
-        }
-    }
-
-    /// Learns report document types from a getReport or getReports answer.
-    pub fn learn_reports(&self, body: &[u8]) {
-        self.reports.learn(body);
-    }
-
-    /// Whether a token can be had now (for `/_proxy/ready`): the seller's, or without a
-    /// refresh token, a grantless one.
-    pub async fn ready(&self) -> Result<(), TokenError> {
-        if let Some(amazon) = self.fresh_rejection() {
-            return Err(TokenError::Unavailable(format!(
-                "SP-API rejected a freshly issued access token: {amazon}"
-            )));
-        }
-        match &self.seller {
-            Some(s) => s.get().await.map(|_| ()),
-            None => self.grantless.get(READY_SCOPE).await.map(|_| ()),
+    /// Whether a token can be had now, for `/_proxy/ready`: for `seller` in its region; with
+    /// no sellers configured, a grantless token.
+    pub async fn ready(&self, seller: Option<&Seller>) -> Result<(), TokenError> {
+        match seller {
+            Some(s) => s.region(s.config.region).ready().await,
+            None => self.app.grantless.get(READY_SCOPE).await.map(|_| ()),
         }
     }
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 use super::cache::{FreshToken, Token, TokenCache};
 use crate::error::TokenError;
 use crate::forward::{self, PROXY_USER_AGENT};
+use crate::key::Key;
 use crate::limiter::{self, Limiter};
 use crate::secret::Secret;
 
@@ -37,10 +38,19 @@ pub struct Minter {
     seller: TokenCache,
     target_application: Option<String>,
     timeout: Duration,
-    /// The Tokens API allows 1 request/s, burst 10, per app and seller: mints wait in the
-    /// createRestrictedDataToken bucket, which clients calling that operation directly share.
-    limiter: Arc<Limiter>,
-    max_wait: Duration,
+    quota: MintQuota,
+}
+
+/// The Tokens API allows 1 request/s, burst 10, per app and seller: mints wait in the seller's
+/// createRestrictedDataToken bucket, which clients calling that operation directly share.
+#[derive(Debug)]
+pub struct MintQuota {
+    /// The limiter holding the bucket.
+    pub limiter: Arc<Limiter>,
+    /// Whose bucket.
+    pub key: Key,
+    /// Longest a mint waits for quota.
+    pub max_wait: Duration,
 }
 
 impl std::fmt::Debug for Minter {
@@ -68,15 +78,14 @@ enum RdtAnswer {
 }
 
 impl Minter {
-    /// A minter posting to `base` + [`RDT_PATH`], waiting up to `max_wait` for quota.
+    /// A minter posting to `base` + [`RDT_PATH`], waiting for quota as `quota` says.
     pub fn new(
         http: reqwest::Client,
         base: &Url,
         seller: TokenCache,
         target_application: Option<String>,
         timeout: Duration,
-        limiter: Arc<Limiter>,
-        max_wait: Duration,
+        quota: MintQuota,
     ) -> Minter {
         Minter {
             http,
@@ -88,8 +97,7 @@ impl Minter {
             seller,
             target_application,
             timeout,
-            limiter,
-            max_wait,
+            quota,
         }
     }
 
@@ -98,8 +106,9 @@ impl Minter {
     pub async fn mint(&self, resource: &RdtResource) -> Result<FreshToken, TokenError> {
         let mut lwa = self.seller.get().await?;
         for attempt in 0..2 {
-            self.limiter
-                .acquire(limiter::mint_operation(), self.max_wait)
+            let q = &self.quota;
+            q.limiter
+                .acquire(&q.key, limiter::mint_operation(), q.max_wait)
                 .await
                 .map_err(|e| TokenError::Unavailable(format!("Tokens API: {e}")))?;
             match self.mint_once(resource, &lwa).await {
@@ -148,7 +157,9 @@ impl Minter {
                 .await
                 .map_err(MintError::Token)?;
         if let Some(rate) = limiter::rate_header(&headers) {
-            self.limiter.observe_rate(limiter::mint_operation(), rate);
+            let q = &self.quota;
+            q.limiter
+                .observe_rate(&q.key, limiter::mint_operation(), rate);
         }
         if status.is_success() {
             let answer: RdtAnswer = serde_json::from_slice(&bytes).map_err(|e| {

@@ -131,7 +131,7 @@ async fn unreachable_upstream_is_a_502_proxy_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    config.endpoint = format!("http://{addr}").parse().unwrap();
+    config.endpoints[0] = format!("http://{addr}").parse().unwrap();
     let h = Harness::with(sim, config).await;
     let resp = h.get("/sellers/v1/marketplaceParticipations").await;
     assert_eq!(resp.status(), 502);

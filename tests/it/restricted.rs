@@ -271,7 +271,7 @@ async fn rdts_are_minted_where_rdt_endpoint_points() {
     let production = Simulator::start().await.unwrap();
     let sandbox = Simulator::start().await.unwrap();
     let mut config = config_for(&sandbox, "");
-    config.rdt_endpoint = production.url().parse().unwrap();
+    config.rdt_endpoints[0] = production.url().parse().unwrap();
     // Both simulators accept the same demo credentials, so one LWA server is enough.
     config.token_url = production.token_url().parse().unwrap();
     let h = Harness::with(sandbox, config).await;

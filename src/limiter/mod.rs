@@ -1,40 +1,32 @@
-//! Rate limits: one governor token bucket per operation for the seller, a FIFO queue in front of
+//! Rate limits: a token bucket per (seller, region, operation), a FIFO queue in front of
 //! each, and adaptation to the rate Amazon reports in `x-amzn-RateLimit-Limit`.
 //!
-//! The proxy holds one seller's credentials, so the buckets are per operation of that seller
-//! (Amazon's usage plans are per application + seller pair and operation).
+//! Amazon's usage plans are per application + seller pair and operation, in each region, so
+//! the buckets are keyed by [`Key`] and operation; grantless operations count against the
+//! application's own key.
+//!
+//! - [`settings`]: the limiter's settings and quota policy (catalog, overrides, sandbox).
+//! - [`store`]: where a bucket's tokens live; in memory today, a shared store later.
+
+pub mod settings;
+pub mod store;
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota as GovernorQuota, RateLimiter};
+use arc_swap::ArcSwap;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{Config, QuotaSource};
+use crate::config::QuotaSource;
 use crate::error::ProxyError;
+use crate::key::Key;
 use crate::operations::{Catalog, Operation};
-
-/// governor's clock, read from tokio's: tests pause tokio's time and the buckets follow it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioClock;
-
-impl Clock for TokioClock {
-    type Instant = std::time::Instant;
-
-    fn now(&self) -> std::time::Instant {
-        Instant::now().into_std()
-    }
-}
-
-type Gcra = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+pub use settings::{Settings, SANDBOX_QUOTA};
+use store::{MemoryStore, Store, Tokens};
 
 /// A request that takes a bucket's last whole token is sent this much later. Amazon's bucket
 /// starts refilling when our first request *arrives*; if a later request's trip is shorter than
@@ -64,43 +56,29 @@ impl RateSource {
     }
 }
 
-struct BucketState {
-    gcra: Gcra,
-    rate: f64,
-    source: RateSource,
-    /// Whole tokens left after the last take, and when; governor does not expose its state
-    /// without taking a token, so this is what `tokens_available` is computed from.
-    remaining: u32,
-    measured_at: Instant,
+/// One bucket: whose, and which operation (`None`: unknown requests, or the sandbox's one
+/// shared limit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// The seller and region, or the application.
+    pub key: Key,
+    /// The operation's catalog index.
+    pub op: Option<usize>,
 }
 
 struct Bucket {
     label: String,
     api: String,
     burst: u32,
-    state: Mutex<BucketState>,
+    /// The configured shape it was made with, so that a reload can tell what changed.
+    configured: crate::config::Quota,
+    tokens: Box<dyn Tokens>,
     /// A tokio mutex: fair, so waiters get their turn first come, first served. Only the head
     /// of the queue holds it, across its sleep until the next token.
     queue: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
     /// Wakes the head when the rate changes, so it need not sleep to a stale deadline.
     changed: Notify,
-}
-
-fn gcra(rate: f64, burst: u32) -> Gcra {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let quota = GovernorQuota::with_period(period)
-        .unwrap_or_else(|| GovernorQuota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-    RateLimiter::direct_with_clock(quota, TokioClock)
-        .with_middleware::<StateInformationMiddleware>()
-}
-
-impl BucketState {
-    fn tokens_now(&self, burst: u32) -> f64 {
-        let refilled = self.measured_at.elapsed().as_secs_f64() * self.rate;
-        (f64::from(self.remaining) + refilled).min(f64::from(burst))
-    }
 }
 
 /// Counts a queued request; the count drops however the wait ends (token, timeout, hang-up).
@@ -120,72 +98,15 @@ impl Drop for Place<'_> {
 }
 
 impl Bucket {
-    fn new(label: String, api: String, rate: f64, burst: u32, source: RateSource) -> Bucket {
-        Bucket {
-            label,
-            api,
-            burst,
-            state: Mutex::new(BucketState {
-                gcra: gcra(rate, burst),
-                rate,
-                source,
-                remaining: burst,
-                measured_at: Instant::now(),
-            }),
-            queue: tokio::sync::Mutex::new(()),
-            waiting: AtomicUsize::new(0),
-            changed: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BucketState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes a token: `Ok(whole tokens left)`, or `Err(when the next one comes)`.
-    fn take(&self) -> Result<u32, Instant> {
-        let mut s = self.lock();
-        match s.gcra.check() {
-            Ok(snapshot) => {
-                s.remaining = snapshot.remaining_burst_capacity();
-                s.measured_at = Instant::now();
-                Ok(s.remaining)
-            }
-            Err(not_until) => {
-                s.remaining = 0;
-                s.measured_at = Instant::now();
-                let wait = not_until.wait_time_from(TokioClock.now());
-                Err(Instant::now() + wait)
-            }
-        }
-    }
-
     /// How long `ahead` more requests would wait for their tokens.
     fn estimate(&self, ahead: usize) -> Duration {
-        let s = self.lock();
-        let missing = (ahead as f64 + 1.0 - s.tokens_now(self.burst)).max(0.0);
-        Duration::from_secs_f64(missing / s.rate)
+        let missing = (ahead as f64 + 1.0 - self.tokens.available()).max(0.0);
+        Duration::from_secs_f64(missing / self.tokens.rate().0)
     }
 
     /// Replaces the rate, carrying over the tokens the bucket holds now.
     fn set_rate(&self, rate: f64, source: RateSource) {
-        let mut s = self.lock();
-        let changed = (s.rate - rate).abs() > 1e-9;
-        if !changed && s.source == source {
-            return;
-        }
-        let tokens = s.tokens_now(self.burst).floor() as u32;
-        let fresh = gcra(rate, self.burst);
-        if let Some(used) = NonZeroU32::new(self.burst.saturating_sub(tokens)) {
-            let _ = fresh.check_n(used);
-        }
-        s.gcra = fresh;
-        s.rate = rate;
-        s.source = source;
-        s.remaining = tokens;
-        s.measured_at = Instant::now();
-        drop(s);
-        if changed {
+        if self.tokens.set_rate(rate, source) {
             tracing::info!(bucket = %self.label, rate, source = source.name(), "rate changed");
             self.changed.notify_waiters();
         }
@@ -194,12 +115,9 @@ impl Bucket {
     /// Amazon throttled us anyway: someone else is using the quota. Empty the bucket and halve
     /// the rate until Amazon's header says otherwise.
     fn throttled(&self) {
-        let rate = self.lock().rate / 2.0;
+        let rate = self.tokens.rate().0 / 2.0;
         self.set_rate(rate.max(1e-4), RateSource::Throttled);
-        let mut s = self.lock();
-        while s.gcra.check().is_ok() {}
-        s.remaining = 0;
-        s.measured_at = Instant::now();
+        self.tokens.drain();
     }
 }
 
@@ -213,66 +131,107 @@ fn refuse(wait: Duration, reason: String) -> ProxyError {
 
 /// Every bucket, created on first use.
 pub struct Limiter {
-    config: Arc<Config>,
-    buckets: Mutex<HashMap<Option<usize>, Arc<Bucket>>>,
+    settings: ArcSwap<Settings>,
+    store: Box<dyn Store>,
+    buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
 }
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
-            .field("enabled", &self.config.rate_limit)
+            .field("enabled", &self.enabled())
             .finish_non_exhaustive()
     }
 }
 
 impl Limiter {
-    /// Buckets shaped by `config` (catalog rates after overrides).
-    pub fn new(config: Arc<Config>) -> Limiter {
+    /// Buckets shaped by `settings`, their tokens kept in memory.
+    pub fn new(settings: Settings) -> Limiter {
+        Limiter::with_store(settings, Box::new(MemoryStore))
+    }
+
+    /// Buckets shaped by `settings`, their tokens kept in `store`.
+    pub fn with_store(settings: Settings, store: Box<dyn Store>) -> Limiter {
         Limiter {
-            config,
+            settings: ArcSwap::from_pointee(settings),
+            store,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether local limiting is on (`rate_limit`).
     pub fn enabled(&self) -> bool {
-        self.config.rate_limit
+        self.settings.load().enabled
     }
 
-    fn bucket(&self, op: Option<&Operation>) -> Arc<Bucket> {
+    /// Applies reloaded settings: a bucket whose configured shape changed is rebuilt with it,
+    /// and the buckets of keys `keep` says are gone are dropped.
+    pub fn reconfigure(&self, settings: Settings, keep: impl Fn(&Key) -> bool) {
+        let catalog = Catalog::builtin();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.retain(|k, _| keep(&k.key));
+        if settings != **self.settings.load() {
+            buckets.retain(|k, b| {
+                let op = k.op.map(|i| &catalog.operations()[i]);
+                let (quota, _) = settings.quota(op.filter(|_| !settings.sandbox));
+                quota == b.configured
+            });
+        }
+        self.settings.store(Arc::new(settings));
+    }
+
+    fn bucket(&self, key: &Key, op: Option<&Operation>) -> Arc<Bucket> {
+        let settings = self.settings.load();
         // In the sandbox every operation shares one limit, so they share one bucket too.
-        let op = op.filter(|_| !self.config.sandbox);
-        let key = op.map(|o| o.index);
-        Arc::clone(buckets.entry(key).or_insert_with(|| {
-            let (quota, source) = self.config.quota(op);
-            let label = match op {
-                Some(o) => o.qualified(),
-                None if self.config.sandbox => "sandbox".into(),
-                None => "unknown".into(),
-            };
-            Arc::new(Bucket::new(
-                label,
-                op.map_or_else(String::new, |o| o.api.clone()),
-                quota.rate,
-                quota.burst,
-                RateSource::Configured(source),
-            ))
-        }))
+        let op = op.filter(|_| !settings.sandbox);
+        let bucket_key = BucketKey {
+            key: key.clone(),
+            op: op.map(|o| o.index),
+        };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = buckets.get(&bucket_key) {
+            return Arc::clone(b);
+        }
+        let (quota, source) = settings.quota(op);
+        let label = match op {
+            Some(o) => o.qualified(),
+            None if settings.sandbox => "sandbox".into(),
+            None => "unknown".into(),
+        };
+        let tokens = self
+            .store
+            .tokens(&bucket_key, quota, RateSource::Configured(source));
+        let bucket = Arc::new(Bucket {
+            label: format!("{label} ({key})"),
+            api: op.map_or_else(String::new, |o| o.api.clone()),
+            burst: quota.burst,
+            configured: quota,
+            tokens,
+            queue: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            changed: Notify::new(),
+        });
+        buckets.insert(bucket_key, Arc::clone(&bucket));
+        bucket
     }
 
     /// Refuses at once, waiting for nothing, when `op`'s queue is full or its wait would pass
     /// `max_wait`; lets the caller skip work (a token call) for a request that would be refused.
-    pub fn precheck(&self, op: Option<&Operation>, max_wait: Duration) -> Result<(), ProxyError> {
+    pub fn precheck(
+        &self,
+        key: &Key,
+        op: Option<&Operation>,
+        max_wait: Duration,
+    ) -> Result<(), ProxyError> {
         if !self.enabled() {
             return Ok(());
         }
-        self.refuse_early(&self.bucket(op), max_wait)
+        self.refuse_early(&self.bucket(key, op), max_wait)
     }
 
     fn refuse_early(&self, bucket: &Bucket, max_wait: Duration) -> Result<(), ProxyError> {
         let ahead = bucket.waiting.load(Ordering::SeqCst);
-        if ahead >= self.config.max_queue {
+        if ahead >= self.settings.load().max_queue {
             return Err(refuse(
                 bucket.estimate(ahead),
                 format!("{} requests already wait for {}", ahead, bucket.label),
@@ -293,18 +252,19 @@ impl Limiter {
         Ok(())
     }
 
-    /// Waits for a token for `op` (FIFO per bucket) for at most `max_wait`; returns how long
-    /// the request waited. Past `max_wait`, or with the queue full, the request is refused at
-    /// once with the time after which a retry may succeed.
+    /// Waits for a token for `op` under `key` (FIFO per bucket) for at most `max_wait`;
+    /// returns how long the request waited. Past `max_wait`, or with the queue full, the
+    /// request is refused at once with the time after which a retry may succeed.
     pub async fn acquire(
         &self,
+        key: &Key,
         op: Option<&Operation>,
         max_wait: Duration,
     ) -> Result<Duration, ProxyError> {
         if !self.enabled() {
             return Ok(Duration::ZERO);
         }
-        let bucket = self.bucket(op);
+        let bucket = self.bucket(key, op);
         let started = Instant::now();
         let deadline = started + max_wait;
         self.refuse_early(&bucket, max_wait)?;
@@ -320,7 +280,7 @@ impl Limiter {
             ));
         };
         loop {
-            match bucket.take() {
+            match bucket.tokens.take() {
                 Ok(left) => {
                     drop(head);
                     if left == 0 {
@@ -349,55 +309,65 @@ impl Limiter {
         }
     }
 
-    /// Amazon reported the rate it applies to `op` for this seller.
-    pub fn observe_rate(&self, op: Option<&Operation>, rate: f64) {
+    /// Amazon reported the rate it applies to `op` for `key`.
+    pub fn observe_rate(&self, key: &Key, op: Option<&Operation>, rate: f64) {
         // The sandbox's shared limit is not the per-operation rate its answers may report.
-        if self.enabled() && !self.config.sandbox && rate.is_finite() && rate > 0.0 {
-            self.bucket(op).set_rate(rate, RateSource::Amazon);
+        let settings = self.settings.load();
+        if settings.enabled && !settings.sandbox && rate.is_finite() && rate > 0.0 {
+            self.bucket(key, op).set_rate(rate, RateSource::Amazon);
         }
     }
 
-    /// Amazon answered 429 for `op`.
-    pub fn throttled(&self, op: Option<&Operation>) {
+    /// Amazon answered 429 for `op` under `key`.
+    pub fn throttled(&self, key: &Key, op: Option<&Operation>) {
         if self.enabled() {
-            self.bucket(op).throttled();
+            self.bucket(key, op).throttled();
         }
     }
 
     /// Every bucket in use, for `/_proxy/quota`.
     pub fn snapshot(&self) -> Value {
-        let buckets: Vec<Arc<Bucket>> = self
+        let buckets: Vec<(BucketKey, Arc<Bucket>)> = self
             .buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut rows: Vec<Value> = buckets
             .iter()
-            .map(|b| {
-                let s = b.lock();
-                json!({
-                    "seller": "default",
-                    "operation": b.label,
+            .map(|(k, b)| (k.clone(), Arc::clone(b)))
+            .collect();
+        let catalog = Catalog::builtin();
+        let mut rows: Vec<(BucketKey, Value)> = buckets
+            .into_iter()
+            .map(|(k, b)| {
+                let (rate, source) = b.tokens.rate();
+                let operation = match k.op {
+                    Some(i) => catalog.operations()[i].qualified(),
+                    None if b.label.starts_with("sandbox") => "sandbox".into(),
+                    None => "unknown".into(),
+                };
+                let row = json!({
+                    "seller": k.key.seller.as_deref(),
+                    "region": k.key.region.name(),
+                    "operation": operation,
                     "api": b.api,
-                    "rate": s.rate,
+                    "rate": rate,
                     "burst": b.burst,
-                    "tokens_available": (s.tokens_now(b.burst) * 100.0).floor() / 100.0,
+                    "tokens_available": (b.tokens.available() * 100.0).floor() / 100.0,
                     "waiting": b.waiting.load(Ordering::SeqCst),
-                    "rate_source": s.source.name(),
-                })
+                    "rate_source": source.name(),
+                });
+                (k, row)
             })
             .collect();
-        rows.sort_by(|a, b| a["operation"].as_str().cmp(&b["operation"].as_str()));
+        rows.sort_by(|(ka, a), (kb, b)| {
+            (&ka.key, a["operation"].as_str()).cmp(&(&kb.key, b["operation"].as_str()))
+        });
+        let rows: Vec<Value> = rows.into_iter().map(|(_, v)| v).collect();
         json!({"rate_limit": self.enabled(), "buckets": rows})
     }
 
     /// The bucket's current rate and source (for tests and `explain`).
-    pub fn rate_of(&self, op: Option<&Operation>) -> (f64, RateSource) {
-        let b = self.bucket(op);
-        let s = b.lock();
-        (s.rate, s.source)
+    pub fn rate_of(&self, key: &Key, op: Option<&Operation>) -> (f64, RateSource) {
+        self.bucket(key, op).tokens.rate()
     }
 }
 
@@ -418,9 +388,15 @@ pub fn mint_operation() -> Option<&'static Operation> {
 mod tests {
     use super::*;
 
+    use crate::config::{Config, Region};
+
     fn limiter(toml: &str) -> Arc<Limiter> {
         let config = Config::from_toml_str(toml, "t", &|_| None).unwrap();
-        Arc::new(Limiter::new(Arc::new(config)))
+        Arc::new(Limiter::new(Settings::from_config(&config)))
+    }
+
+    fn k() -> Key {
+        Key::seller(&Arc::from("default"), Region::Na)
     }
 
     fn op(id: &str) -> Option<&'static Operation> {
@@ -436,7 +412,9 @@ mod tests {
         let start = Instant::now();
         let mut admitted = Vec::new();
         for _ in 0..6 {
-            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            l.acquire(&k(), item, Duration::from_secs(60))
+                .await
+                .unwrap();
             admitted.push(start.elapsed());
         }
         let ms: Vec<u128> = admitted.iter().map(Duration::as_millis).collect();
@@ -448,14 +426,20 @@ mod tests {
     async fn waiters_are_served_first_come_first_served() {
         let l = limiter(CATALOG_ITEM);
         let item = op("getCatalogItem");
-        l.acquire(item, Duration::from_secs(60)).await.unwrap();
-        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        l.acquire(&k(), item, Duration::from_secs(60))
+            .await
+            .unwrap();
+        l.acquire(&k(), item, Duration::from_secs(60))
+            .await
+            .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..5 {
             let (l, order) = (Arc::clone(&l), Arc::clone(&order));
             tasks.push(tokio::spawn(async move {
-                l.acquire(item, Duration::from_secs(60)).await.unwrap();
+                l.acquire(&k(), item, Duration::from_secs(60))
+                    .await
+                    .unwrap();
                 order.lock().unwrap().push(i);
             }));
             tokio::task::yield_now().await;
@@ -471,11 +455,13 @@ mod tests {
         let l = limiter(CATALOG_ITEM);
         let item = op("getCatalogItem");
         for _ in 0..2 {
-            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            l.acquire(&k(), item, Duration::from_secs(60))
+                .await
+                .unwrap();
         }
         let started = Instant::now();
         let err = l
-            .acquire(item, Duration::from_millis(100))
+            .acquire(&k(), item, Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(
@@ -491,7 +477,7 @@ mod tests {
         };
         assert_eq!(retry_after_secs, 1);
         // A wait that fits is granted.
-        let waited = l.acquire(item, Duration::from_secs(1)).await.unwrap();
+        let waited = l.acquire(&k(), item, Duration::from_secs(1)).await.unwrap();
         assert!(waited >= Duration::from_millis(450), "{waited:?}");
     }
 
@@ -500,17 +486,22 @@ mod tests {
         let l = limiter(&format!("max_queue = 3\n{CATALOG_ITEM}"));
         let item = op("getCatalogItem");
         for _ in 0..2 {
-            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            l.acquire(&k(), item, Duration::from_secs(60))
+                .await
+                .unwrap();
         }
         let mut queued = Vec::new();
         for _ in 0..3 {
             let l = Arc::clone(&l);
             queued.push(tokio::spawn(async move {
-                l.acquire(item, Duration::from_secs(60)).await
+                l.acquire(&k(), item, Duration::from_secs(60)).await
             }));
             tokio::task::yield_now().await;
         }
-        let err = l.acquire(item, Duration::from_secs(60)).await.unwrap_err();
+        let err = l
+            .acquire(&k(), item, Duration::from_secs(60))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("3 requests already wait"), "{err}");
         for q in queued {
             assert!(q.await.unwrap().is_ok());
@@ -522,11 +513,13 @@ mod tests {
         let l = limiter(CATALOG_ITEM);
         let item = op("getCatalogItem");
         for _ in 0..2 {
-            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            l.acquire(&k(), item, Duration::from_secs(60))
+                .await
+                .unwrap();
         }
         let gone = {
             let l = Arc::clone(&l);
-            tokio::spawn(async move { l.acquire(item, Duration::from_secs(60)).await })
+            tokio::spawn(async move { l.acquire(&k(), item, Duration::from_secs(60)).await })
         };
         tokio::task::yield_now().await;
         assert_eq!(l.snapshot()["buckets"][0]["waiting"], 1);
@@ -535,7 +528,9 @@ mod tests {
         assert_eq!(l.snapshot()["buckets"][0]["waiting"], 0);
         // The token the cancelled waiter would have had goes to the next request.
         let started = Instant::now();
-        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        l.acquire(&k(), item, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(
             started.elapsed() <= Duration::from_millis(520),
             "{:?}",
@@ -548,19 +543,25 @@ mod tests {
         let l = limiter(CATALOG_ITEM);
         let item = op("getCatalogItem");
         for _ in 0..2 {
-            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            l.acquire(&k(), item, Duration::from_secs(60))
+                .await
+                .unwrap();
         }
-        l.observe_rate(item, 0.5);
-        assert_eq!(l.rate_of(item), (0.5, RateSource::Amazon));
+        l.observe_rate(&k(), item, 0.5);
+        assert_eq!(l.rate_of(&k(), item), (0.5, RateSource::Amazon));
         let started = Instant::now();
-        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        l.acquire(&k(), item, Duration::from_secs(60))
+            .await
+            .unwrap();
         let down = started.elapsed();
         assert!(down >= Duration::from_millis(1990), "{down:?}");
 
-        l.observe_rate(item, 10.0);
+        l.observe_rate(&k(), item, 10.0);
         let started = Instant::now();
         for _ in 0..5 {
-            l.acquire(item, Duration::from_secs(60)).await.unwrap();
+            l.acquire(&k(), item, Duration::from_secs(60))
+                .await
+                .unwrap();
         }
         let up = started.elapsed();
         assert!(up <= Duration::from_millis(600), "{up:?}");
@@ -571,13 +572,15 @@ mod tests {
     async fn a_waiter_follows_a_rate_raised_while_it_sleeps() {
         let l = limiter("[operations.getOrders]\nrate = 0.1\nburst = 1\n");
         let orders = op("getOrders");
-        l.acquire(orders, Duration::from_secs(60)).await.unwrap();
+        l.acquire(&k(), orders, Duration::from_secs(60))
+            .await
+            .unwrap();
         let waiter = {
             let l = Arc::clone(&l);
-            tokio::spawn(async move { l.acquire(orders, Duration::from_secs(60)).await })
+            tokio::spawn(async move { l.acquire(&k(), orders, Duration::from_secs(60)).await })
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
-        l.observe_rate(orders, 10.0);
+        l.observe_rate(&k(), orders, 10.0);
         let waited = waiter.await.unwrap().unwrap();
         assert!(waited < Duration::from_secs(2), "{waited:?}");
     }
@@ -586,35 +589,39 @@ mod tests {
     async fn throttling_empties_and_slows_the_bucket() {
         let l = limiter(CATALOG_ITEM);
         let item = op("getCatalogItem");
-        l.throttled(item);
-        assert_eq!(l.rate_of(item), (1.0, RateSource::Throttled));
+        l.throttled(&k(), item);
+        assert_eq!(l.rate_of(&k(), item), (1.0, RateSource::Throttled));
         let started = Instant::now();
-        l.acquire(item, Duration::from_secs(60)).await.unwrap();
+        l.acquire(&k(), item, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(990));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_sandbox_has_one_bucket_for_everything() {
-        let config = Config::from_toml_str("sandbox = true", "t", &|_| None).unwrap();
-        let l = Limiter::new(Arc::new(config));
+        let l = limiter("sandbox = true");
         for (i, id) in ["getOrders", "getCatalogItem", "getReport"]
             .iter()
             .cycle()
             .take(15)
             .enumerate()
         {
-            let waited = l.acquire(op(id), Duration::from_secs(60)).await.unwrap();
+            let waited = l
+                .acquire(&k(), op(id), Duration::from_secs(60))
+                .await
+                .unwrap();
             assert!(waited <= PACING_MARGIN, "request {i}: {waited:?}");
         }
         let waited = l
-            .acquire(op("getFeed"), Duration::from_secs(60))
+            .acquire(&k(), op("getFeed"), Duration::from_secs(60))
             .await
             .unwrap();
         assert!(
             waited >= Duration::from_millis(180),
             "the 16th waits for 1/5 s: {waited:?}"
         );
-        l.observe_rate(op("getOrders"), 0.0167);
+        l.observe_rate(&k(), op("getOrders"), 0.0167);
         let snapshot = l.snapshot();
         assert_eq!(snapshot["buckets"].as_array().unwrap().len(), 1);
         assert_eq!(snapshot["buckets"][0]["operation"], "sandbox");
@@ -626,7 +633,7 @@ mod tests {
         let l = limiter(&format!("rate_limit = false\n{CATALOG_ITEM}"));
         for _ in 0..100 {
             let waited = l
-                .acquire(op("getCatalogItem"), Duration::ZERO)
+                .acquire(&k(), op("getCatalogItem"), Duration::ZERO)
                 .await
                 .unwrap();
             assert_eq!(waited, Duration::ZERO);

@@ -1,11 +1,14 @@
-//! The `operations` and `explain` commands: the catalog and the proxy's decisions, for people.
+//! What the `operations`, `explain` and `check` commands print: the catalog, the proxy's
+//! decisions and the effective config, for people.
 
 use http::Method;
 use serde_json::{json, Value};
 
 use crate::auth::{self, OnRefusal, TokenPlan};
-use crate::config::{Config, QuotaSource, RestrictedData, UnknownOperations};
+use crate::config::{seller_names, Config, QuotaSource, Region, RestrictedData, UnknownOperations};
+use crate::limiter::Settings;
 use crate::operations::{AuthKind, Catalog};
+use crate::region;
 
 fn rate_text(rate: Option<f64>) -> String {
     rate.map_or_else(|| "-".into(), |r| format!("{r}"))
@@ -99,8 +102,14 @@ pub fn operations_json(catalog: &Catalog) -> Value {
     )
 }
 
-/// What the proxy would do with `METHOD target` under `config`, one fact per line.
-pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, String> {
+/// What the proxy would do with `METHOD target` under `config`, for `seller` (or the
+/// default), one fact per line.
+pub fn explain(
+    config: &Config,
+    method: &str,
+    target: &str,
+    seller: Option<&str>,
+) -> Result<String, String> {
     let method: Method = method
         .to_ascii_uppercase()
         .parse()
@@ -110,9 +119,52 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
     }
     let path = target.split('?').next().unwrap_or(target);
     let op = Catalog::builtin().find(&method, path);
-    let upstream = format!("{}{target}", config.endpoint.as_str().trim_end_matches('/'));
+    let chosen = match seller {
+        Some(name) => Some(config.seller(name).ok_or_else(|| {
+            format!(
+                "no seller is called `{name}`; the configured sellers are: {}",
+                seller_names(&config.sellers)
+            )
+        })?),
+        None => config
+            .default_seller
+            .as_deref()
+            .and_then(|n| config.seller(n)),
+    };
+    let query = target.split_once('?').map(|(_, q)| q);
+    let from_query = region::from_query(query).map_err(|e| e.to_string())?;
+    let (region, why) = match (from_query, chosen) {
+        (Some(r), _) => (r, "from the marketplaces in the query"),
+        (None, Some(s)) => (s.region, "the seller's region"),
+        (None, None) => (config.region, "the configured region"),
+    };
+    let upstream = format!(
+        "{}{target}",
+        config.endpoint(region).as_str().trim_end_matches('/')
+    );
     let mut out = format!("request      {method} {target}\n");
-    let (quota, source) = config.quota(op);
+    out.push_str(&match chosen {
+        Some(s) => format!(
+            "seller       {}{}\n",
+            s.name,
+            if config.default_seller.as_deref() == Some(s.name.as_str()) {
+                " (the default)"
+            } else {
+                ""
+            }
+        ),
+        None => format!(
+            "seller       none named and no default (configured: {}); name one with \
+             x-spapi-seller or /_seller/NAME/\n",
+            seller_names(&config.sellers)
+        ),
+    });
+    out.push_str(&format!("region       {} ({why})\n", region.name()));
+    out.push_str(&format!(
+        "endpoint     {}\n",
+        config.endpoint(region).as_str().trim_end_matches('/')
+    ));
+    let (quota, source) = Settings::from_config(config).quota(op);
     match op {
         Some(o) => {
             out.push_str(&format!(
@@ -205,7 +257,7 @@ pub fn explain(config: &Config, method: &str, target: &str) -> Result<String, St
     ) {
         out.push_str(&format!(
             "rdt minted   POST {}{}{}\n",
-            config.rdt_endpoint.as_str().trim_end_matches('/'),
+            config.rdt_endpoint(region).as_str().trim_end_matches('/'),
             auth::rdt::RDT_PATH,
             if config.sandbox {
                 " (production: the sandbox accepts only RDTs minted there)"
@@ -237,9 +289,179 @@ fn refusal_text(on_refusal: OnRefusal, policy: RestrictedData) -> String {
     }
 }
 
+/// The effective settings, one per line, with every secret masked (for `spapi-proxy check`).
+pub fn describe(config: &Config) -> String {
+    let c = config;
+    let t = &c.timeouts;
+    let regions: String = Region::ALL
+        .iter()
+        .map(|&r| {
+            format!(
+                "endpoint {}          {} (rdt {})\n",
+                r.name(),
+                c.endpoint(r).as_str().trim_end_matches('/'),
+                c.rdt_endpoint(r).as_str().trim_end_matches('/'),
+            )
+        })
+        .collect();
+    let sellers: String = if c.sellers.is_empty() {
+        "sellers             none: only grantless operations can be served\n".into()
+    } else {
+        c.sellers
+            .iter()
+            .map(|s| {
+                format!(
+                    "seller              {}: region {}, endpoint {}, refresh_token ***{}{}\n",
+                    s.name,
+                    s.region.name(),
+                    c.endpoint(s.region).as_str().trim_end_matches('/'),
+                    s.selling_partner_id
+                        .as_deref()
+                        .map_or_else(String::new, |id| format!(", selling_partner_id {id}")),
+                    if c.default_seller.as_deref() == Some(s.name.as_str()) {
+                        " (default)"
+                    } else {
+                        ""
+                    },
+                )
+            })
+            .collect()
+    };
+    let limited = c
+        .inbound_keys
+        .iter()
+        .filter(|k| k.sellers.is_some())
+        .count();
+    format!(
+        "listen              {}\n\
+         region              {}{}\n\
+         {regions}\
+         target_application  {}\n\
+         token_url           {}\n\
+         client_id           {}\n\
+         client_secret       {}\n\
+         next_client_secret  {}\n\
+         {sellers}\
+         timeouts            connect {:?}, response {:?}, idle {:?}, token {:?}, shutdown_grace {:?}\n\
+         token_retries       {}\n\
+         replay_buffer_bytes {}\n\
+         unknown_operations  {}\n\
+         restricted_data     {} (retry refused dataElements after {:?})\n\
+         default limit       {} req/s, burst {}\n\
+         rate_limit          {} (max_wait {:?}, max_queue {}, throttle_retries {}, retry_put_patch {})\n\
+         inbound_keys        {}\n\
+         allowed_hosts       {}\n\
+         allowed_origins     {}\n\
+         connections         max {}, header_read {:?}, client_idle {:?}, {}\n",
+        c.listen,
+        c.region.name(),
+        if c.sandbox { " (sandbox)" } else { "" },
+        c.target_application.as_deref().unwrap_or("(none)"),
+        c.token_url,
+        c.credentials.client_id.as_deref().unwrap_or("(not set)"),
+        if c.credentials.client_secret.is_some() { "***" } else { "(not set)" },
+        if c.credentials.next_client_secret.is_some() { "***" } else { "(not set)" },
+        t.connect,
+        t.response,
+        t.idle,
+        t.token,
+        t.shutdown_grace,
+        c.token_retries,
+        c.replay_buffer_bytes,
+        match c.unknown_operations {
+            UnknownOperations::Forward => "forward",
+            UnknownOperations::Reject => "reject",
+        },
+        c.restricted_data.name(),
+        c.restricted_data_retry,
+        c.default_quota.rate,
+        c.default_quota.burst,
+        if c.rate_limit { "on" } else { "off" },
+        c.max_wait,
+        c.max_queue,
+        c.throttle_retries,
+        c.retry_put_patch,
+        match (c.inbound_keys.len(), limited) {
+            (0, _) => "none (loopback only)".to_string(),
+            (n, 0) => format!("{n} key(s), ***"),
+            (n, l) => format!("{n} key(s), {l} limited to sellers, ***"),
+        },
+        list_or_none(&c.allowed_hosts),
+        list_or_none(&c.allowed_origins),
+        c.max_connections
+            .map_or_else(|| "from the file-descriptor limit".to_string(), |n| n.to_string()),
+        t.header_read,
+        t.client_idle,
+        if c.h2c { "HTTP/1.1 and h2c" } else { "HTTP/1.1 only" },
+    ) + &describe_operations(c)
+}
+
+fn describe_operations(config: &Config) -> String {
+    let catalog = Catalog::builtin();
+    let settings = Settings::from_config(config);
+    let mut lines: Vec<String> = config
+        .operations
+        .keys()
+        .map(|&i| {
+            let op = &catalog.operations()[i];
+            let (q, _) = settings.quota(Some(op));
+            format!(
+                "operation           {}: {} req/s, burst {}\n",
+                op.qualified(),
+                q.rate,
+                q.burst
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.concat()
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_masks_secrets() {
+        let text = "[credentials]\nclient_id = \"amzn1.application-oa2-client.test\"\n\
+                    client_secret = \"file-secret\"\nnext_client_secret = \"next-secret\"\n\
+                    refresh_token = \"Atzr|file-refresh\"\n\
+                    [sellers.eu-shop]\nrefresh_token = \"Atzr|eu-refresh\"\nregion = \"eu\"\n";
+        let c = Config::from_toml_str(text, "t", &|_| None).unwrap();
+        let out = format!("{} {:?}", describe(&c), c);
+        for secret in ["file-secret", "next-secret", "file-refresh", "eu-refresh"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("client_secret       ***"), "{out}");
+        assert!(
+            out.contains("seller              eu-shop: region eu, endpoint https://sellingpartnerapi-eu.amazon.com, refresh_token ***"),
+            "{out}"
+        );
+        assert!(
+            out.contains("seller              default: region na"),
+            "{out}"
+        );
+        assert!(out.contains("(default)"), "{out}");
+    }
+
+    #[test]
+    fn describe_without_sellers_says_grantless_only() {
+        let c = Config::from_toml_str(
+            "[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"",
+            "t",
+            &|_| None,
+        )
+        .unwrap();
+        assert!(describe(&c).contains("only grantless"));
+    }
 
     fn config() -> Config {
         Config::from_toml_str("", "test", &|_| None).unwrap()
@@ -271,7 +493,7 @@ mod tests {
         ];
         for (toml, path, want) in cases {
             let config = Config::from_toml_str(toml, "test", &|_| None).unwrap();
-            let out = explain(&config, "GET", path).unwrap();
+            let out = explain(&config, "GET", path, None).unwrap();
             assert!(out.contains(want), "{toml} {path}: {out}");
         }
     }
@@ -282,6 +504,7 @@ mod tests {
             &config(),
             "GET",
             "/orders/v0/orders/902-3159896-1390916/address",
+            None,
         )
         .unwrap();
         assert!(out.contains("operation    getOrderAddress"), "{out}");
@@ -300,7 +523,7 @@ mod tests {
 
     #[test]
     fn explain_an_unknown_path() {
-        let out = explain(&config(), "get", "/nothing/here?x=1").unwrap();
+        let out = explain(&config(), "get", "/nothing/here?x=1", None).unwrap();
         assert!(out.contains("unknown"), "{out}");
         assert!(
             out.contains("forwarded with the seller's LWA token"),
@@ -309,13 +532,13 @@ mod tests {
         assert!(out.contains("1 req/s, burst 5"), "{out}");
         let reject =
             Config::from_toml_str("unknown_operations = \"reject\"", "t", &|_| None).unwrap();
-        let out = explain(&reject, "GET", "/nothing/here").unwrap();
+        let out = explain(&reject, "GET", "/nothing/here", None).unwrap();
         assert!(out.contains("rejected with 404"), "{out}");
     }
 
     #[test]
     fn explain_grantless_and_overrides() {
-        let out = explain(&config(), "GET", "/notifications/v1/destinations").unwrap();
+        let out = explain(&config(), "GET", "/notifications/v1/destinations", None).unwrap();
         assert!(
             out.contains("scope sellingpartnerapi::notifications"),
             "{out}"
@@ -326,7 +549,7 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let out = explain(&c, "GET", "/orders/v0/orders?MarketplaceIds=X").unwrap();
+        let out = explain(&c, "GET", "/orders/v0/orders?MarketplaceIds=X", None).unwrap();
         assert!(
             out.contains("0.5 req/s, burst 30 (from [operations]"),
             "{out}"
@@ -335,8 +558,8 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert!(explain(&config(), "GE T", "/x").is_err());
-        assert!(explain(&config(), "GET", "orders").is_err());
+        assert!(explain(&config(), "GE T", "/x", None).is_err());
+        assert!(explain(&config(), "GET", "orders", None).is_err());
     }
 
     #[test]

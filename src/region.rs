@@ -1,0 +1,194 @@
+//! Which region a request goes to: `x-spapi-region`, else the marketplaces it names (query or
+//! held JSON body), else the seller's own region.
+//!
+//! The marketplace table is Amazon's ("SP-API endpoints" and "Marketplace IDs" pages), kept in
+//! `marketplaces.tsv` beside this file.
+
+use std::sync::OnceLock;
+
+use crate::config::Region;
+use crate::error::ProxyError;
+
+/// The marketplace table as published: region, country, code, id, endpoints, AWS region.
+const TABLE: &str = include_str!("marketplaces.tsv");
+
+/// Query parameters that name marketplaces, in the spellings SP-API's operations use.
+const QUERY_NAMES: [&str; 4] = [
+    "MarketplaceIds",
+    "marketplaceIds",
+    "MarketplaceId",
+    "marketplaceId",
+];
+
+fn table() -> &'static [(&'static str, Region)] {
+    static PARSED: OnceLock<Vec<(&'static str, Region)>> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        TABLE
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let mut cols = line.split('\t');
+                let region = Region::from_name(cols.next()?)?;
+                let id = cols.nth(2)?;
+                Some((id, region))
+            })
+            .collect()
+    })
+}
+
+/// The region of a marketplace id, if it is one Amazon lists.
+pub fn of_marketplace(id: &str) -> Option<Region> {
+    table().iter().find(|(m, _)| *m == id).map(|&(_, r)| r)
+}
+
+/// The region all of `ids` belong to: `Ok(None)` for none (or only unknown ids), an error
+/// naming them when they span regions.
+fn one_region<'a>(ids: impl Iterator<Item = &'a str>) -> Result<Option<Region>, ProxyError> {
+    let mut found: Vec<(&str, Region)> = Vec::new();
+    for id in ids {
+        if let Some(r) = of_marketplace(id) {
+            found.push((id, r));
+        }
+    }
+    let Some(&(_, first)) = found.first() else {
+        return Ok(None);
+    };
+    if found.iter().all(|&(_, r)| r == first) {
+        return Ok(Some(first));
+    }
+    let named: Vec<String> = found
+        .iter()
+        .map(|(id, r)| format!("{id} ({})", r.name()))
+        .collect();
+    Err(ProxyError::BadRequest(format!(
+        "the request names marketplaces of different regions: {}; one request goes to one \
+         region, so send one request per region",
+        named.join(", ")
+    )))
+}
+
+/// The region the query's marketplaces (comma-separated or repeated) belong to.
+pub fn from_query(query: Option<&str>) -> Result<Option<Region>, ProxyError> {
+    // Most requests name no marketplace: one substring test before any decoding.
+    let Some(query) = query.filter(|q| q.contains("arketplaceId")) else {
+        return Ok(None);
+    };
+    let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| QUERY_NAMES.contains(&k.as_ref()))
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    one_region(values.iter().flat_map(|v| v.split(',')).map(str::trim))
+}
+
+/// The region of a held JSON body's `marketplaceIds` (createReport, createFeed, ...).
+pub fn from_body(body: &[u8]) -> Result<Option<Region>, ProxyError> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(rename = "marketplaceIds", default)]
+        marketplace_ids: Vec<String>,
+    }
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Ok(None);
+    }
+    // Not JSON, or marketplaceIds not a list of strings: Amazon will say what is wrong.
+    let Ok(named) = serde_json::from_slice::<Named>(body) else {
+        return Ok(None);
+    };
+    one_region(named.marketplace_ids.iter().map(String::as_str))
+}
+
+/// `x-spapi-region`, if the request forces one.
+pub fn from_header(value: Option<&str>) -> Result<Option<Region>, ProxyError> {
+    value
+        .map(|v| {
+            Region::from_name(v).ok_or_else(|| {
+                ProxyError::BadRequest(format!(
+                    "{}: `{v}` is not a region; use na, eu or fe",
+                    crate::auth::REGION_HEADER
+                ))
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_marketplace_has_a_region() {
+        assert_eq!(table().len(), 23);
+        assert_eq!(of_marketplace("ATVPDKIKX0DER"), Some(Region::Na));
+        assert_eq!(of_marketplace("A1PA6795UKMFR9"), Some(Region::Eu));
+        assert_eq!(of_marketplace("A1VC38T7YXB528"), Some(Region::Fe));
+        assert_eq!(of_marketplace("NOPE"), None);
+    }
+
+    #[test]
+    fn query_table() {
+        let cases: [(&str, Option<Option<Region>>); 9] = [
+            ("", Some(None)),
+            ("CreatedAfter=2024-01-01", Some(None)),
+            ("MarketplaceIds=ATVPDKIKX0DER", Some(Some(Region::Na))),
+            (
+                "marketplaceIds=A1PA6795UKMFR9,A13V1IB3VIYZZH",
+                Some(Some(Region::Eu)),
+            ),
+            ("MarketplaceId=A1VC38T7YXB528", Some(Some(Region::Fe))),
+            (
+                "marketplaceId=A1PA6795UKMFR9&marketplaceId=A1F83G8C2ARO7P",
+                Some(Some(Region::Eu)),
+            ),
+            ("MarketplaceIds=ATVPDKIKX0DER%2CA1PA6795UKMFR9", None),
+            (
+                "MarketplaceIds=ATVPDKIKX0DER&MarketplaceIds=A1VC38T7YXB528",
+                None,
+            ),
+            ("MarketplaceIds=UNKNOWN", Some(None)),
+        ];
+        for (query, want) in cases {
+            let got = from_query(Some(query));
+            match want {
+                Some(region) => assert_eq!(got.unwrap(), region, "{query}"),
+                None => {
+                    let msg = got.unwrap_err().to_string();
+                    assert!(
+                        msg.contains("(na)") && msg.contains("different regions"),
+                        "{query}: {msg}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn body_table() {
+        let cases: [(&str, Option<Option<Region>>); 5] = [
+            (
+                r#"{"reportType":"X","marketplaceIds":["A1PA6795UKMFR9"]}"#,
+                Some(Some(Region::Eu)),
+            ),
+            (r#"{"reportType":"X"}"#, Some(None)),
+            ("not json", Some(None)),
+            (r#"{"marketplaceIds":"A1PA6795UKMFR9"}"#, Some(None)),
+            (
+                r#"{"marketplaceIds":["A1PA6795UKMFR9","ATVPDKIKX0DER"]}"#,
+                None,
+            ),
+        ];
+        for (body, want) in cases {
+            let got = from_body(body.as_bytes());
+            match want {
+                Some(region) => assert_eq!(got.unwrap(), region, "{body}"),
+                None => assert!(got.is_err(), "{body}"),
+            }
+        }
+    }
+
+    #[test]
+    fn header_values() {
+        assert_eq!(from_header(Some("EU")).unwrap(), Some(Region::Eu));
+        assert_eq!(from_header(None).unwrap(), None);
+        assert!(from_header(Some("mars")).is_err());
+    }
+}
