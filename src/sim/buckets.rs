@@ -44,8 +44,10 @@ impl SimBucket {
     }
 }
 
-/// Takes a token from the operation's bucket when limits are enforced.
-pub(super) fn admit(state: &State, op: Option<&Operation>) -> bool {
+/// Takes a token from the bucket of `seller` (a refresh token; `None` for grantless calls)
+/// for the operation, when limits are enforced. Amazon's usage plans are per application +
+/// seller pair ("Usage Plans and Rate Limits").
+pub(super) fn admit(state: &State, op: Option<&Operation>, seller: Option<&str>) -> bool {
     let Some(op) = op else { return true };
     if !lock(&state.settings).enforce_limits {
         return true;
@@ -53,17 +55,23 @@ pub(super) fn admit(state: &State, op: Option<&Operation>) -> bool {
     let (Some(rate), Some(burst)) = (op.rate, op.burst) else {
         return true;
     };
+    let rate = lock(&state.rates).get(&op.index).copied().unwrap_or(rate);
     lock(&state.buckets)
-        .entry(op.index)
+        .entry((seller.unwrap_or_default().to_string(), op.index))
         .or_insert_with(|| SimBucket::new(rate, burst))
         .admit()
 }
 
-/// The rate reported in `x-amzn-RateLimit-Limit`: the bucket's, or the published one.
-pub(super) fn current_rate(state: &State, op: Option<&Operation>) -> Option<f64> {
+/// The rate reported in `x-amzn-RateLimit-Limit`: the seller's bucket's, or the published one.
+pub(super) fn current_rate(
+    state: &State,
+    op: Option<&Operation>,
+    seller: Option<&str>,
+) -> Option<f64> {
     let op = op?;
-    match lock(&state.buckets).get(&op.index) {
+    let key = (seller.unwrap_or_default().to_string(), op.index);
+    match lock(&state.buckets).get(&key) {
         Some(b) => Some(b.rate),
-        None => op.rate,
+        None => lock(&state.rates).get(&op.index).copied().or(op.rate),
     }
 }

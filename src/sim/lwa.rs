@@ -46,8 +46,9 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
         let s = lock(&state.settings);
         (
             s.token_lifetime,
-            field("client_id") == s.client_id && field("client_secret") == s.client_secret,
-            field("refresh_token") == s.refresh_token,
+            field("client_id") == s.client_id
+                && s.client_secrets.iter().any(|c| c == field("client_secret")),
+            s.refresh_tokens.contains(field("refresh_token")),
         )
     };
     if !client_ok {
@@ -75,6 +76,7 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
         token.clone(),
         IssuedToken {
             expires_at: Instant::now() + lifetime,
+            seller: matches!(kind, TokenKind::Seller).then(|| field("refresh_token").to_string()),
             kind,
         },
     );

@@ -76,6 +76,8 @@ pub struct Recorded {
     pub at: Instant,
     /// The catalog operation it matched (`api.operationId`), if any.
     pub operation: Option<String>,
+    /// The refresh token of the seller whose token it carried, if it carried a known one.
+    pub seller: Option<String>,
 }
 
 impl Recorded {
@@ -129,13 +131,18 @@ enum TokenKind {
 struct IssuedToken {
     expires_at: Instant,
     kind: TokenKind,
+    /// The refresh token of the seller it acts for (seller tokens and RDTs), as Amazon keys
+    /// usage plans by application + seller.
+    seller: Option<String>,
 }
 
 #[derive(Debug)]
 struct Settings {
     client_id: String,
-    client_secret: String,
-    refresh_token: String,
+    /// Every secret LWA accepts for the client id (two while a rotation is under way).
+    client_secrets: Vec<String>,
+    /// The refresh tokens of the sellers who authorised the application.
+    refresh_tokens: HashSet<String>,
     token_lifetime: Duration,
     lwa_fault: Option<LwaFault>,
     lwa_latency: Duration,
@@ -157,17 +164,21 @@ struct Settings {
 #[derive(Debug)]
 struct State {
     settings: Mutex<Settings>,
-    tokens: Mutex<HashMap<String, IssuedToken>>,
+    /// Shared by the simulators of every region: a token LWA issued is good everywhere.
+    tokens: Arc<Mutex<HashMap<String, IssuedToken>>>,
     requests: Mutex<Vec<Recorded>>,
     lwa_calls: AtomicU64,
     client_credentials_scopes: Mutex<Vec<String>>,
     mints: Mutex<Vec<Resource>>,
     refused_mints: AtomicU64,
     target_applications: Mutex<Vec<Option<String>>>,
-    buckets: Mutex<HashMap<usize, SimBucket>>,
+    /// Per seller (refresh token; empty for grantless calls) and operation.
+    buckets: Mutex<HashMap<(String, usize), SimBucket>>,
+    /// Rates set by [`Simulator::set_rate`], for buckets made later.
+    rates: Mutex<HashMap<usize, f64>>,
     throttled: AtomicU64,
     token_rejections: AtomicU64,
-    counter: AtomicU64,
+    counter: Arc<AtomicU64>,
 }
 
 /// A running simulator; stops when dropped.
@@ -198,12 +209,30 @@ impl Simulator {
 
     /// Starts a simulator on a bound listener.
     pub fn start_on(listener: TcpListener) -> std::io::Result<Simulator> {
+        Simulator::serve(listener, Default::default(), Default::default())
+    }
+
+    /// Starts another region's SP-API on `127.0.0.1:0`: it accepts the tokens this one's LWA
+    /// issues, and keeps its own requests, faults and buckets.
+    pub async fn start_region(&self) -> std::io::Result<Simulator> {
+        Simulator::serve(
+            TcpListener::bind("127.0.0.1:0").await?,
+            Arc::clone(&self.state.tokens),
+            Arc::clone(&self.state.counter),
+        )
+    }
+
+    fn serve(
+        listener: TcpListener,
+        tokens: Arc<Mutex<HashMap<String, IssuedToken>>>,
+        counter: Arc<AtomicU64>,
+    ) -> std::io::Result<Simulator> {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             settings: Mutex::new(Settings {
                 client_id: SIM_CLIENT_ID.into(),
-                client_secret: SIM_CLIENT_SECRET.into(),
-                refresh_token: SIM_REFRESH_TOKEN.into(),
+                client_secrets: vec![SIM_CLIENT_SECRET.into()],
+                refresh_tokens: [SIM_REFRESH_TOKEN.to_string()].into(),
                 token_lifetime: Duration::from_secs(3600),
                 lwa_fault: None,
                 lwa_latency: Duration::ZERO,
@@ -216,7 +245,7 @@ impl Simulator {
                 generic_paths: true,
                 denied_operations: HashSet::new(),
             }),
-            tokens: Mutex::new(HashMap::new()),
+            tokens,
             requests: Mutex::new(Vec::new()),
             lwa_calls: AtomicU64::new(0),
             client_credentials_scopes: Mutex::new(Vec::new()),
@@ -224,9 +253,10 @@ impl Simulator {
             refused_mints: AtomicU64::new(0),
             target_applications: Mutex::new(Vec::new()),
             buckets: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
             throttled: AtomicU64::new(0),
             token_rejections: AtomicU64::new(0),
-            counter: AtomicU64::new(0),
+            counter,
         });
         let (stop, mut stopped) = oneshot::channel();
         let serving = Arc::clone(&state);
@@ -253,6 +283,34 @@ impl Simulator {
             state,
             stop: Some(stop),
         })
+    }
+
+    /// Another seller authorises the application: LWA takes `refresh_token` from now on.
+    pub fn add_seller(&self, refresh_token: &str) {
+        lock(&self.state.settings)
+            .refresh_tokens
+            .insert(refresh_token.to_string());
+    }
+
+    /// The seller revokes the authorisation: LWA answers `invalid_grant` for `refresh_token`,
+    /// and the access tokens issued for it stop working.
+    pub fn revoke_seller(&self, refresh_token: &str) {
+        lock(&self.state.settings)
+            .refresh_tokens
+            .remove(refresh_token);
+        lock(&self.state.tokens).retain(|_, t| t.seller.as_deref() != Some(refresh_token));
+    }
+
+    /// The client secrets LWA accepts (a rotation: the old and the new one, then the new).
+    pub fn set_client_secrets(&self, secrets: &[&str]) {
+        lock(&self.state.settings).client_secrets = secrets.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// The refresh token of the seller an access token was issued for.
+    pub fn seller_of(&self, access_token: &str) -> Option<String> {
+        lock(&self.state.tokens)
+            .get(access_token)
+            .and_then(|t| t.seller.clone())
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
@@ -346,11 +404,14 @@ impl Simulator {
             None => catalog.by_id(operation),
         };
         let mut buckets = lock(&self.state.buckets);
+        let mut rates = lock(&self.state.rates);
         for op in ops {
-            buckets
-                .entry(op.index)
-                .or_insert_with(|| SimBucket::new(op.rate.unwrap_or(1.0), op.burst.unwrap_or(5)))
-                .pending_rate = Some(rate);
+            rates.insert(op.index, rate);
+            for ((_, index), bucket) in buckets.iter_mut() {
+                if *index == op.index {
+                    bucket.pending_rate = Some(rate);
+                }
+            }
         }
     }
 

@@ -27,8 +27,11 @@ fn valid_amz_date(v: &str) -> bool {
         && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
 }
 
-/// Checks the headers SP-API checks; returns what the token is, or Amazon's refusal.
-fn check_request(state: &State, headers: &HeaderMap) -> Result<TokenKind, AmazonAnswer> {
+/// Checks the headers SP-API checks; returns what the token is and whose, or Amazon's refusal.
+fn check_request(
+    state: &State,
+    headers: &HeaderMap,
+) -> Result<(TokenKind, Option<String>), AmazonAnswer> {
     let wording = lock(&state.settings).token_wording;
     let rejected = |answer: AmazonAnswer| {
         state.token_rejections.fetch_add(1, Ordering::SeqCst);
@@ -46,7 +49,7 @@ fn check_request(state: &State, headers: &HeaderMap) -> Result<TokenKind, Amazon
         Some(t) if Instant::now() >= t.expires_at => {
             return rejected(AmazonAnswer::ExpiredAccessToken(wording))
         }
-        Some(t) => t.kind.clone(),
+        Some(t) => (t.kind.clone(), t.seller.clone()),
     };
     // Whether SP-API still checks these since SigV4 went away is not documented; the simulator
     // checks them so that the tests see the proxy send them, and answers with the models' 400.
@@ -104,23 +107,25 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
     } else {
         Catalog::builtin().find(req.method(), req.uri().path())
     };
+    let checked = check_request(state, req.headers());
+    let seller = checked.as_ref().ok().and_then(|(_, s)| s.clone());
     let mut resp = match fault {
         Some(answer) => answer.response(),
-        None => match check_request(state, req.headers()) {
+        None => match checked {
             Err(answer) => answer.response(),
             Ok(_) if role_denied(state, op) => AmazonAnswer::AccessDenied.response(),
-            Ok(_) if !admit(state, op) => {
+            Ok(_) if !admit(state, op, seller.as_deref()) => {
                 state.throttled.fetch_add(1, Ordering::SeqCst);
                 AmazonAnswer::QuotaExceeded.response()
             }
-            Ok(kind) => route(state, req, &kind).await,
+            Ok((kind, _)) => route(state, req, &kind, seller.as_deref()).await,
         },
     };
     // "Usage Plans and Rate Limits" (docs-repo @ac9be945): the rate header comes with 20x, 400
     // and 404 answers only; the models mark it "no longer returned" on every other status.
     let status = resp.status().as_u16();
     if (200..300).contains(&status) || status == 400 || status == 404 {
-        if let Some(rate) = current_rate(state, op) {
+        if let Some(rate) = current_rate(state, op, seller.as_deref()) {
             if let Ok(v) = HeaderValue::from_str(&format!("{rate}")) {
                 resp.headers_mut().insert("x-amzn-RateLimit-Limit", v);
             }
@@ -145,6 +150,7 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
         status: resp.status().as_u16(),
         at: arrived,
         operation: op.map(Operation::qualified),
+        seller,
     });
     resp
 }
@@ -231,7 +237,12 @@ fn report(id: &str) -> Value {
     })
 }
 
-async fn route(state: &State, req: Request<Incoming>, kind: &TokenKind) -> Response<ProxyBody> {
+async fn route(
+    state: &State,
+    req: Request<Incoming>,
+    kind: &TokenKind,
+    seller: Option<&str>,
+) -> Response<ProxyBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -251,7 +262,7 @@ async fn route(state: &State, req: Request<Incoming>, kind: &TokenKind) -> Respo
                 return denied();
             }
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
-            tokens::mint(state, body.ok().as_deref())
+            tokens::mint(state, body.ok().as_deref(), seller)
         }
         (&Method::GET, ["sellers", "v1", "marketplaceParticipations"]) => {
             authorize!(Need::SellerToken);

@@ -15,7 +15,12 @@ const DATA_ELEMENTS: [&str; 3] = ["buyerInfo", "shippingAddress", "buyerTaxInfor
 
 /// Validates `restrictedResources` and issues an RDT covering them, unless the application
 /// lacks the roles they need.
-pub(super) fn mint(state: &State, body: Option<&[u8]>) -> Response<ProxyBody> {
+/// `seller`: the refresh token behind the LWA token the mint was called with.
+pub(super) fn mint(
+    state: &State,
+    body: Option<&[u8]>,
+    seller: Option<&str>,
+) -> Response<ProxyBody> {
     let (lifetime, denied_elements, deny_resources) = {
         let s = lock(&state.settings);
         (
@@ -85,6 +90,7 @@ pub(super) fn mint(state: &State, body: Option<&[u8]>) -> Response<ProxyBody> {
         IssuedToken {
             expires_at: Instant::now() + lifetime,
             kind: TokenKind::Rdt { resources },
+            seller: seller.map(String::from),
         },
     );
     // CreateRestrictedDataTokenResponse in tokens_2021-03-01.json: the token and its lifetime.

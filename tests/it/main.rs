@@ -10,4 +10,5 @@ mod forwarding;
 mod limits;
 mod restricted;
 mod security;
+mod sellers;
 mod shutdown;

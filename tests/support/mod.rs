@@ -75,11 +75,17 @@ impl Harness {
 
     /// A proxy with this exact config in front of `sim`.
     pub async fn with(sim: Simulator, config: Config) -> Harness {
-        let proxy = Arc::new(Proxy::new(&config).unwrap());
+        let proxy = Proxy::new(&config).unwrap();
+        Harness::with_proxy(sim, proxy, &config).await
+    }
+
+    /// `proxy` (built from `config`) in front of `sim`.
+    pub async fn with_proxy(sim: Simulator, proxy: Proxy, config: &Config) -> Harness {
+        let proxy = Arc::new(proxy);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut settings = server::ServerSettings::from_config(&config);
+        let mut settings = server::ServerSettings::from_config(config);
         settings.grace = Duration::from_secs(5);
         let task = tokio::spawn(server::serve(
             listener,
