@@ -150,6 +150,23 @@ impl LoggedProxy {
         LoggedProxy { child, addr, logs }
     }
 
+    /// Everything logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 20 s) until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -265,4 +282,136 @@ fn operations_lists_the_whole_catalog() {
         .unwrap();
     assert_eq!(address["auth"], "rdt");
     assert_eq!(address["genericPath"], true);
+}
+
+fn sellers_file(dir: &std::path::Path, sim: &Simulator, extra: &str) -> PathBuf {
+    let path = dir.join("proxy.toml");
+    let text = format!(
+        "token_url = \"{}\"\n\
+         [credentials]\nclient_id = \"{}\"\nclient_secret = \"{SIM_CLIENT_SECRET}\"\n\
+         [endpoints]\nna = \"{}\"\neu = \"{}\"\n\
+         [sellers.acme]\nrefresh_token = \"{SIM_REFRESH_TOKEN}\"\nregion = \"na\"\ndefault = true\n\
+         [sellers.beta]\nrefresh_token = \"Atzr|beta\"\nregion = \"eu\"\nselling_partner_id = \"A2BETA\"\n{extra}",
+        sim.token_url(),
+        spapi_proxy::sim::SIM_CLIENT_ID,
+        sim.url(),
+        sim.url(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn check_and_explain_show_sellers_regions_and_endpoints() {
+    let sim = Simulator::start().await.unwrap();
+    let dir = scratch_dir("sellers");
+    let file = sellers_file(&dir, &sim, "");
+    let out = command(&dir)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("seller              acme: region na"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("selling_partner_id A2BETA"), "{stdout}");
+    assert!(
+        !stdout.contains("Atzr|beta") && !stdout.contains(SIM_CLIENT_SECRET),
+        "{stdout}"
+    );
+
+    let out = command(&dir)
+        .args([
+            "explain",
+            "--config",
+            file.to_str().unwrap(),
+            "--seller",
+            "beta",
+            "GET",
+            "/orders/v0/orders?MarketplaceIds=A1VC38T7YXB528",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("seller       beta\n"), "{stdout}");
+    assert!(
+        stdout.contains("region       fe (from the marketplaces in the query)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("endpoint     https://sellingpartnerapi-fe.amazon.com"),
+        "{stdout}"
+    );
+
+    let out = command(&dir)
+        .args([
+            "explain",
+            "--config",
+            file.to_str().unwrap(),
+            "--seller",
+            "zeta",
+            "GET",
+            "/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acme, beta"));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_seller("Atzr|delta");
+    let dir = scratch_dir("sighup");
+    let file = sellers_file(&dir, &sim, "");
+    let mut cmd = command(&dir);
+    cmd.args([
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let proxy = LoggedProxy::spawn(cmd);
+    let client = crate::support::client();
+    let url = format!("http://{}/sellers/v1/marketplaceParticipations", proxy.addr);
+    let as_delta = || client.get(&url).header("x-spapi-seller", "delta").send();
+    assert_eq!(
+        as_delta().await.unwrap().status(),
+        400,
+        "not configured yet"
+    );
+
+    // A broken file is refused and the proxy keeps serving.
+    std::fs::write(&file, "[sellers.delta]\nregion = 1\n").unwrap();
+    let pid = proxy.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        proxy.wait_for_log("SIGHUP: the config was not reloaded"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    sellers_file(
+        &dir,
+        &sim,
+        "[sellers.delta]\nrefresh_token = \"Atzr|delta\"\n",
+    );
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(proxy.wait_for_log("SIGHUP: reloaded"), "{}", proxy.logs());
+    assert_eq!(as_delta().await.unwrap().status(), 200);
+    proxy.stop();
 }
