@@ -1216,4 +1216,124 @@ refresh_token = "Atzr|file-refresh"
             .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
             .then_some(rest)
     }
+
+    const APP: &str = "[credentials]\nclient_id = \"a\"\nclient_secret = \"b\"\n";
+
+    #[test]
+    fn seller_rules_each_name_their_key() {
+        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+            (
+                "[sellers.a]\nrefresh_token = \"x\"\ndefault = true\n[sellers.b]\nrefresh_token = \"y\"\ndefault = true\n",
+                "sellers.b.default",
+                &[],
+            ),
+            (
+                "[sellers.a]\nrefresh_token = \"x\"\nrefresh_token_env = \"A_RT\"\n",
+                "sellers.a.refresh_token_env",
+                &[],
+            ),
+            ("[sellers.a]\nrefresh_token_env = \"A_RT\"\n", "sellers.a.refresh_token_env", &[]),
+            ("[sellers.a]\nregion = \"eu\"\n", "sellers.a.refresh_token", &[]),
+            ("[sellers.a]\nrefresh_token = \"x\"\nregion = \"mars\"\n", "sellers.a.region", &[]),
+            ("[sellers.a]\nrefresh_token = \"x\"\nshop = 1\n", "sellers.a", &[]),
+            ("[sellers.\"a b\"]\nrefresh_token = \"x\"\n", "sellers.a b", &[]),
+            (
+                "[sellers.a]\nrefresh_token = \"x\"\nselling_partner_id = \"A-1\"\n",
+                "sellers.a.selling_partner_id",
+                &[],
+            ),
+            (
+                "[sellers.default]\nrefresh_token = \"x\"\n",
+                "SPAPI_REFRESH_TOKEN",
+                &[("SPAPI_REFRESH_TOKEN", "Atzr|env")],
+            ),
+            (
+                "inbound_keys = [{ key = \"0123456789abcdef0\", sellers = [\"zeta\"] }]\n[sellers.a]\nrefresh_token = \"x\"\n",
+                "inbound_keys[0].sellers",
+                &[],
+            ),
+            ("[endpoints]\neu = \"ftp://x\"\n", "endpoints.eu", &[]),
+            ("[endpoints]\nus = \"http://x\"\n", "endpoints.us", &[]),
+        ];
+        for (text, key, env) in cases {
+            assert_eq!(err_key(parse_with(text, env)), *key, "{text}");
+        }
+    }
+
+    #[test]
+    fn sellers_from_tables_the_environment_and_the_single_form() {
+        let text = format!(
+            "region = \"fe\"\n{APP}refresh_token = \"Atzr|single\"\n\
+             [sellers.acme]\nrefresh_token_env = \"ACME_RT\"\nregion = \"eu\"\n\
+             [sellers.beta]\nrefresh_token = \"Atzr|beta\"\n"
+        );
+        let c = parse_with(&text, &[("ACME_RT", "Atzr|acme")]).unwrap();
+        let got: Vec<(&str, &str, Region)> = c
+            .sellers
+            .iter()
+            .map(|s| (s.name.as_str(), s.refresh_token.expose(), s.region))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("acme", "Atzr|acme", Region::Eu),
+                ("beta", "Atzr|beta", Region::Fe),
+                ("default", "Atzr|single", Region::Fe),
+            ]
+        );
+        assert_eq!(c.default_seller.as_deref(), Some("default"));
+        let c = parse(&format!(
+            "{APP}refresh_token = \"Atzr|single\"\n[sellers.acme]\nrefresh_token = \"x\"\ndefault = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.default_seller.as_deref(), Some("acme"), "a table wins");
+        let c = parse("[sellers.acme]\nrefresh_token = \"x\"\n").unwrap();
+        assert_eq!(c.default_seller, None, "no default unless one is marked");
+    }
+
+    #[test]
+    fn endpoint_precedence_table() {
+        let na = |c: &Config| c.endpoint(Region::Na).to_string();
+        let eu = |c: &Config| c.endpoint(Region::Eu).to_string();
+        let table = "[endpoints]\neu = \"http://127.0.0.1:9002\"\n";
+        let cases: &[(&str, String, &[(&str, &str)], &str, &str)] = &[
+            (
+                "defaults",
+                String::new(),
+                &[],
+                "https://sellingpartnerapi-na.amazon.com/",
+                "https://sellingpartnerapi-eu.amazon.com/",
+            ),
+            (
+                "table for one region",
+                table.into(),
+                &[],
+                "https://sellingpartnerapi-na.amazon.com/",
+                "http://127.0.0.1:9002/",
+            ),
+            (
+                "endpoint for the rest",
+                format!("endpoint = \"http://127.0.0.1:9001\"\n{table}"),
+                &[],
+                "http://127.0.0.1:9001/",
+                "http://127.0.0.1:9002/",
+            ),
+            (
+                "SPAPI_ENDPOINT for every region",
+                table.into(),
+                &[("SPAPI_ENDPOINT", "http://127.0.0.1:9000")],
+                "http://127.0.0.1:9000/",
+                "http://127.0.0.1:9000/",
+            ),
+        ];
+        for (name, text, env, want_na, want_eu) in cases {
+            let c = parse_with(text, env).unwrap();
+            assert_eq!(
+                (na(&c).as_str(), eu(&c).as_str()),
+                (*want_na, *want_eu),
+                "{name}"
+            );
+            assert_eq!(c.rdt_endpoint(Region::Eu), c.endpoint(Region::Eu), "{name}");
+        }
+    }
 }
