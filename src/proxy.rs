@@ -43,8 +43,8 @@ fn lists_report_documents(op: &Operation) -> bool {
 }
 
 /// `x-spapi-restricted: true|false`, which forces the token for an unseen report document.
-fn restricted_header(headers: &HeaderMap) -> Result<Option<bool>, ProxyError> {
-    match own_header(headers, &auth::RESTRICTED_HEADER)? {
+fn restricted_header(value: Option<&str>) -> Result<Option<bool>, ProxyError> {
+    match value {
         None => Ok(None),
         Some(v) if v.eq_ignore_ascii_case("true") => Ok(Some(true)),
         Some(v) if v.eq_ignore_ascii_case("false") => Ok(Some(false)),
@@ -55,18 +55,39 @@ fn restricted_header(headers: &HeaderMap) -> Result<Option<bool>, ProxyError> {
     }
 }
 
-/// One of the proxy's own `x-spapi-*` request headers, as text.
-fn own_header<'a>(
-    headers: &'a HeaderMap,
-    name: &http::HeaderName,
-) -> Result<Option<&'a str>, ProxyError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ProxyError::BadRequest(format!("{name} is not readable text")))
-        })
-        .transpose()
+/// The proxy's own `x-spapi-*` request headers, as text, read in one pass over the headers
+/// (one hash lookup each cost more than the pass, measured).
+#[derive(Default)]
+struct OwnHeaders<'a> {
+    data_elements: Option<&'a str>,
+    restricted: Option<&'a str>,
+    max_wait: Option<&'a str>,
+    seller: Option<&'a str>,
+    region: Option<&'a str>,
+}
+
+impl<'a> OwnHeaders<'a> {
+    fn read(headers: &'a HeaderMap) -> Result<OwnHeaders<'a>, ProxyError> {
+        let mut own = OwnHeaders::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                n if !n.starts_with("x-spapi-") => continue,
+                n if n == auth::DATA_ELEMENTS_HEADER => &mut own.data_elements,
+                n if n == auth::RESTRICTED_HEADER => &mut own.restricted,
+                n if n == MAX_WAIT_HEADER => &mut own.max_wait,
+                n if n == auth::SELLER_HEADER => &mut own.seller,
+                n if n == auth::REGION_HEADER => &mut own.region,
+                _ => continue,
+            };
+            if slot.is_none() {
+                let text = value
+                    .to_str()
+                    .map_err(|_| ProxyError::BadRequest(format!("{name} is not readable text")))?;
+                *slot = Some(text);
+            }
+        }
+        Ok(own)
+    }
 }
 
 /// The proxy: everything a request needs, shared by all connections.
@@ -405,26 +426,24 @@ impl Proxy {
             }
         };
         let path = target.path();
+        let own = OwnHeaders::read(&parts.headers)?;
 
         // 1. Which token: decided before any I/O, so a request we refuse costs no token call.
         let plan = auth::plan(
             op,
             path,
-            own_header(&parts.headers, &auth::DATA_ELEMENTS_HEADER)?,
+            own.data_elements,
             op.and_then(|o| config.operations.get(&o.index))
                 .and_then(|s| s.data_elements.as_deref()),
             op.map_or(config.restricted_data, |o| config.restricted_data_for(o)),
         )?;
-        let restricted = restricted_header(&parts.headers)?;
-        let max_wait = self.max_wait(config, &parts.headers)?;
+        let restricted = restricted_header(own.restricted)?;
+        let max_wait = self.max_wait(config, own.max_wait)?;
         let deadline = Instant::now() + max_wait;
 
         // 2. Whose request: the seller named by header or prefix (which must agree), else the
         //    default; a key limited to sellers acts only for them.
-        let named = match (
-            own_header(&parts.headers, &auth::SELLER_HEADER)?,
-            &prefix_seller,
-        ) {
+        let named = match (own.seller, &prefix_seller) {
             (Some(h), Some(p)) if h != p => {
                 return Err(ProxyError::BadRequest(format!(
                     "{} names `{h}` but the path prefix names `{p}`",
@@ -447,7 +466,7 @@ impl Proxy {
 
         // 4. Which region: forced by header, else the request's marketplaces, else the
         //    seller's own.
-        let region = match region::from_header(own_header(&parts.headers, &auth::REGION_HEADER)?)? {
+        let region = match region::from_header(own.region)? {
             Some(r) => r,
             None => match region::from_query(target.query())? {
                 Some(r) => Some(r),
@@ -580,8 +599,8 @@ impl Proxy {
     }
 
     /// `max_wait`, shortened (never lengthened) by the request's `x-spapi-max-wait`.
-    fn max_wait(&self, config: &Config, headers: &HeaderMap) -> Result<Duration, ProxyError> {
-        let Some(v) = own_header(headers, &MAX_WAIT_HEADER)? else {
+    fn max_wait(&self, config: &Config, value: Option<&str>) -> Result<Duration, ProxyError> {
+        let Some(v) = value else {
             return Ok(config.max_wait);
         };
         match v.trim().parse::<f64>() {

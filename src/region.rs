@@ -68,11 +68,41 @@ fn one_region<'a>(ids: impl Iterator<Item = &'a str>) -> Result<Option<Region>, 
 }
 
 /// The region the query's marketplaces (comma-separated or repeated) belong to.
+///
+/// On the request path: without a mixed-region query this allocates only for a value that
+/// is percent-encoded.
 pub fn from_query(query: Option<&str>) -> Result<Option<Region>, ProxyError> {
-    // Most requests name no marketplace: one substring test before any decoding.
-    let Some(query) = query.filter(|q| q.contains("arketplaceId")) else {
+    let Some(query) = query else {
         return Ok(None);
     };
+    let mut region = None;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !QUERY_NAMES.contains(&name) {
+            continue;
+        }
+        let value: std::borrow::Cow<'_, str> = if value.contains(['%', '+']) {
+            form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .map_or_else(Default::default, |(_, v)| v)
+        } else {
+            value.into()
+        };
+        for id in value.split(',') {
+            match (region, of_marketplace(id.trim())) {
+                (_, None) => {}
+                (None, Some(r)) => region = Some(r),
+                (Some(a), Some(b)) if a == b => {}
+                // Two regions: the slow path names every marketplace in the error.
+                _ => return mixed(query),
+            }
+        }
+    }
+    Ok(region)
+}
+
+/// The error for a query whose marketplaces span regions.
+fn mixed(query: &str) -> Result<Option<Region>, ProxyError> {
     let values: Vec<String> = form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| QUERY_NAMES.contains(&k.as_ref()))
         .map(|(_, v)| v.into_owned())

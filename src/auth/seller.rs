@@ -73,11 +73,7 @@ impl SellerAuth {
     /// The seller's LWA access token. While the refresh token stands refused, the refusal is
     /// answered at once, without calling LWA; after the backoff one call tries again.
     pub async fn access_token(&self) -> Result<Token, TokenError> {
-        if let Some(r) = lock(&self.refused).as_ref() {
-            if Instant::now() < r.until {
-                return Err(r.error.clone());
-            }
-        }
+        self.check_refused()?;
         match self.token.get().await {
             Ok(t) => {
                 if lock(&self.refused).take().is_some() {
@@ -102,6 +98,14 @@ impl SellerAuth {
                 Err(e)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// LWA's refusal, while the refresh token stands refused and its retry is not due.
+    fn check_refused(&self) -> Result<(), TokenError> {
+        match lock(&self.refused).as_ref() {
+            Some(r) if Instant::now() < r.until => Err(r.error.clone()),
+            _ => Ok(()),
         }
     }
 
@@ -177,7 +181,7 @@ impl SellerAuth {
             Some(r) => r,
             None => {
                 // A refused refresh token fails fast here too, before a mint is attempted.
-                self.access_token().await?;
+                self.check_refused()?;
                 match self.rdt.get(resource).await {
                     Ok(token) => {
                         return Ok(Chosen {

@@ -1221,7 +1221,8 @@ refresh_token = "Atzr|file-refresh"
 
     #[test]
     fn seller_rules_each_name_their_key() {
-        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
             (
                 "[sellers.a]\nrefresh_token = \"x\"\ndefault = true\n[sellers.b]\nrefresh_token = \"y\"\ndefault = true\n",
                 "sellers.b.default",
@@ -1296,7 +1297,8 @@ refresh_token = "Atzr|file-refresh"
         let na = |c: &Config| c.endpoint(Region::Na).to_string();
         let eu = |c: &Config| c.endpoint(Region::Eu).to_string();
         let table = "[endpoints]\neu = \"http://127.0.0.1:9002\"\n";
-        let cases: &[(&str, String, &[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a str, String, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 "defaults",
                 String::new(),
