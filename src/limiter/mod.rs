@@ -133,7 +133,8 @@ fn refuse(wait: Duration, reason: String) -> ProxyError {
 pub struct Limiter {
     settings: ArcSwap<Settings>,
     store: Box<dyn Store>,
-    buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+    /// Looked up on every request with limiting on: foldhash, not SipHash, for the string key.
+    buckets: Mutex<HashMap<BucketKey, Arc<Bucket>, foldhash::quality::RandomState>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -155,7 +156,7 @@ impl Limiter {
         Limiter {
             settings: ArcSwap::from_pointee(settings),
             store,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::default()),
         }
     }
 
