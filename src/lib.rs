@@ -52,6 +52,7 @@ pub mod forward;
 pub mod key;
 pub mod limiter;
 pub mod logging;
+pub mod metrics;
 pub mod operations;
 pub mod proxy;
 pub mod region;

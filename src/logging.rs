@@ -14,16 +14,33 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Installs the subscriber: `RUST_LOG` (default `info`), lean text lines on stderr.
-pub fn init() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// `time LEVEL target: message k=v ...`, one line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and every field.
+    Json,
+}
+
+/// Installs the subscriber: `RUST_LOG` (default `info`), lines on stderr in `format`.
+pub fn init(format: Format) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .event_format(LeanText)
-        .init();
+        .with_ansi(false);
+    match format {
+        Format::Text => builder.event_format(LeanText).init(),
+        Format::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// `2026-11-23T21:40:55.123Z  INFO spapi_proxy::proxy: request method=GET status=200 ...`

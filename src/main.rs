@@ -34,6 +34,8 @@ enum Command {
         /// Address to listen on (loopback only: the demo has no inbound keys).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Validate the configuration and environment and print the effective settings.
     Check {
@@ -76,11 +78,26 @@ struct ServeArgs {
     /// Address to listen on (overrides `listen` and SPAPI_LISTEN).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args, Clone)]
+struct LogArgs {
+    /// Log line format.
+    #[arg(long, value_enum, env = "SPAPI_LOG_FORMAT", default_value = "text")]
+    log_format: spapi_proxy::logging::Format,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    spapi_proxy::logging::init();
+    let log_format = match &cli.command {
+        None => cli.serve.log.log_format,
+        Some(Command::Serve(args)) => args.log.log_format,
+        Some(Command::Demo { log, .. }) => log.log_format,
+        Some(_) => spapi_proxy::logging::Format::Text,
+    };
+    spapi_proxy::logging::init(log_format);
     let runtime = match workers().map(runtime) {
         Ok(Ok(rt)) => rt,
         Ok(Err(e)) => {
@@ -95,7 +112,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
-        Some(Command::Demo { listen }) => runtime.block_on(demo(listen)),
+        Some(Command::Demo { listen, .. }) => runtime.block_on(demo(listen)),
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Operations { json }) => operations(json),
         Some(Command::Health { url }) => runtime.block_on(health(url)),

@@ -23,7 +23,7 @@ use crate::forward::{self, Forwarder, UpstreamBody, UpstreamResponseBody};
 use crate::key::Key;
 use crate::limiter::{self, Limiter};
 use crate::operations::{Catalog, Operation};
-use crate::{region, target};
+use crate::{metrics, region, target};
 
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
 const MAX_INSPECTED_403: u64 = 64 * 1024;
@@ -122,6 +122,26 @@ struct State {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+/// What a request turned out to be, filled in as it goes, for its log line and its metrics.
+struct Facts {
+    seller: Option<Arc<str>>,
+    /// `lwa`, `rdt`, `grantless`, or `none` when no token was chosen.
+    token: &'static str,
+    pii: Option<auth::Pii>,
+    queued: Duration,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Facts {
+            seller: None,
+            token: "none",
+            pii: None,
+            queued: Duration::ZERO,
+        }
     }
 }
 
@@ -318,6 +338,7 @@ impl Proxy {
             op = op.map_or("-", |o| o.id.as_str())
         );
         let mut cors_origin = None;
+        let mut facts = Facts::default();
         let result = match self.admit(&state, &req, &path, &mut cors_origin) {
             Err(e) => Err(e),
             Ok(Admitted::Preflight(preflight)) => Ok(preflight),
@@ -330,15 +351,24 @@ impl Proxy {
                     let seller = prefixed
                         .and_then(Result::ok)
                         .map(|(name, _)| name.to_string());
-                    self.proxy(&state, req, op, seller, key)
+                    self.proxy(&state, req, op, seller, key, &mut facts)
                         .instrument(span)
                         .await
                 }
             },
         };
+        let m = metrics::metrics();
         let mut response = match result {
             Ok(r) => r,
             Err(e) => {
+                if let ProxyError::RateLimited { .. } = e {
+                    m.local_throttled
+                        .get_or_create(&metrics::OperationLabels {
+                            seller: facts.seller.clone().unwrap_or_else(no_seller),
+                            operation: op.map_or("-", |o| o.id.as_str()),
+                        })
+                        .inc();
+                }
                 if let ProxyError::ClientBody(_) = e {
                     // The client's own doing (bad chunking, a hang-up): nothing is wrong here.
                     tracing::info!(%method, %path, kind = e.kind(), error = %e, "request body broke off");
@@ -353,12 +383,25 @@ impl Proxy {
         if let Some(origin) = cors_origin {
             Access::cors(origin, response.headers_mut());
         }
+        let status = response.status().as_u16();
+        if !own {
+            m.request(&metrics::RequestLabels {
+                seller: facts.seller.clone().unwrap_or_else(no_seller),
+                api: op.map_or("-", |o| o.api.as_str()),
+                operation: op.map_or("-", |o| o.id.as_str()),
+                status: metrics::status_class(status),
+            });
+        }
         tracing::info!(
             %method,
             %path,
+            seller = facts.seller.as_deref().unwrap_or("-"),
             op = op.map_or("-", |o| o.id.as_str()),
-            status = response.status().as_u16(),
+            status,
             latency_ms = started.elapsed().as_millis() as u64,
+            queue_ms = facts.queued.as_millis() as u64,
+            token = facts.token,
+            pii = facts.pii.map_or("-", |p| p.header_value()),
             request_id = response
                 .headers()
                 .get("x-amzn-requestid")
@@ -404,6 +447,7 @@ impl Proxy {
         op: Option<&'static Operation>,
         prefix_seller: Option<String>,
         inbound: Option<&InboundKey>,
+        facts: &mut Facts,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &state.config;
         // 0. Unknown requests: refuse, or forward under the shared default limit.
@@ -455,6 +499,8 @@ impl Proxy {
         };
         let grantless = matches!(plan, TokenPlan::Grantless { .. });
         let seller = state.auth.seller(named, !grantless)?;
+        // A grantless call is the application's, whoever the default seller is.
+        facts.seller = seller.filter(|_| !grantless).map(|s| Arc::clone(&s.name));
         if let (Some(allowed), Some(seller)) = (inbound.and_then(|k| k.sellers.as_ref()), seller) {
             if !allowed.iter().any(|n| **n == *seller.name) {
                 return Err(ProxyError::SellerNotAllowed(seller.name.to_string()));
@@ -498,12 +544,17 @@ impl Proxy {
         //    first request arrives, so that request must not be late.
         let auth = &state.auth;
         let mut chosen = auth.token(ctx.seller, &plan, restricted).await?;
+        facts.token = chosen.source.kind();
 
         // 7. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
         let mut queued = self
             .limiter
             .acquire(&ctx.key, op, remaining(deadline))
             .await?;
+        facts.queued = queued;
+        if self.limiter.enabled() {
+            metrics::metrics().queued(op.map_or("-", |o| o.id.as_str()), queued);
+        }
         if !queued.is_zero() {
             // A long wait may have aged the token: ask again (a cache hit unless it was
             // refreshed meanwhile).
@@ -524,6 +575,10 @@ impl Proxy {
                 auth.reject(ctx.seller, &chosen);
                 if body.replayable() {
                     tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
+                    metrics::metrics()
+                        .replays
+                        .get_or_create(&ctx.labels())
+                        .inc();
                     chosen = auth.token(ctx.seller, &plan, restricted).await?;
                     queued += self
                         .limiter
@@ -581,6 +636,10 @@ impl Proxy {
                 s.learn_reports(body);
             }
         }
+
+        facts.queued = queued;
+        facts.token = chosen.source.kind();
+        facts.pii = chosen.pii;
 
         // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
         let mut response = upstream.into_response();
@@ -650,6 +709,7 @@ impl Proxy {
         );
         // The target as received (target::check made sure it means one thing), cloned
         // without copying its bytes.
+        let sending = Instant::now();
         let sent = ctx
             .forwarder
             .send(parts.method.clone(), target.clone(), headers, body.take())
@@ -658,6 +718,15 @@ impl Proxy {
             (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
             (sent, _) => sent?,
         };
+        let m = metrics::metrics();
+        let operation = ctx.op.map_or("-", |o| o.id.as_str());
+        m.upstream(operation, sending.elapsed());
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            m.amazon_throttled.get_or_create(&ctx.labels()).inc();
+        } else if status.is_server_error() {
+            m.amazon_errors.get_or_create(&ctx.labels()).inc();
+        }
         if let Some(rate) = limiter::rate_header(resp.headers()) {
             self.limiter.observe_rate(&ctx.key, ctx.op, rate);
         }
@@ -726,6 +795,30 @@ impl Proxy {
                 Ok(json_response(StatusCode::OK, quota))
             }
             (&Method::GET, "/_proxy/status") => Ok(json_response(StatusCode::OK, status(state))),
+            (&Method::GET, "/_proxy/metrics") => {
+                let m = metrics::metrics();
+                m.bucket_tokens.clear();
+                m.bucket_waiting.clear();
+                for v in self.limiter.views() {
+                    let labels = metrics::BucketLabels {
+                        seller: v.key.seller_name().to_string(),
+                        region: v.key.region.name(),
+                        operation: v.operation,
+                    };
+                    m.bucket_tokens.get_or_create(&labels).set(v.tokens.floor());
+                    m.bucket_waiting
+                        .get_or_create(&labels)
+                        .set(i64::try_from(v.waiting).unwrap_or(i64::MAX));
+                }
+                let mut resp = Response::new(full(m.encode()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                Ok(resp)
+            }
             (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query()).await,
             (&Method::POST, "/_proxy/reload") => {
                 // A key limited to some sellers may act for them, not change the proxy.
@@ -869,6 +962,22 @@ fn status(state: &State) -> serde_json::Value {
         "client_secret": auth.secret_in_use(),
         "sellers": sellers,
     })
+}
+
+impl Ctx<'_> {
+    /// The request's seller and operation, as metric labels.
+    fn labels(&self) -> metrics::OperationLabels {
+        metrics::OperationLabels {
+            seller: self.key.seller.clone().unwrap_or_else(no_seller),
+            operation: self.op.map_or("-", |o| o.id.as_str()),
+        }
+    }
+}
+
+/// The seller label of a request that has none.
+fn no_seller() -> Arc<str> {
+    static DASH: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
+    Arc::clone(&DASH)
 }
 
 /// What [`Proxy::admit`] let through: a preflight it answered, or a request, with the inbound

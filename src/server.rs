@@ -233,11 +233,14 @@ impl Registry {
     fn add(&self) -> Arc<ConnState> {
         let state = Arc::new(ConnState::new(self.next_id.fetch_add(1, Ordering::Relaxed)));
         self.lock().insert(state.id, Arc::clone(&state));
+        crate::metrics::metrics().client_connections.inc();
         state
     }
 
     fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        if self.lock().remove(&id).is_some() {
+            crate::metrics::metrics().client_connections.dec();
+        }
     }
 
     /// Below the cap, or an idle connection was told to close (the idlest, and not one

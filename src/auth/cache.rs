@@ -71,8 +71,19 @@ pub fn schedule(lifetime: Duration) -> Schedule {
 
 struct Cached {
     token: Token,
+    fetched_at: Instant,
     refresh_at: Instant,
     use_until: Instant,
+}
+
+/// When the cached token was fetched and when it is refreshed: for the status page, never the
+/// token.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Since the token was fetched.
+    pub age: Duration,
+    /// Until the next refresh (zero: due now).
+    pub refresh_in: Duration,
 }
 
 #[derive(Default)]
@@ -90,6 +101,8 @@ pub type Fetch = Arc<dyn Fn() -> BoxFuture<'static, Result<FreshToken, TokenErro
 struct Inner {
     /// What the token is for, for logs (never a secret).
     label: String,
+    /// `lwa`, `grantless` or `rdt`, for metrics.
+    kind: &'static str,
     fetch: Fetch,
     /// A std mutex: it is held only to read or swap the cached token, never across an await.
     state: Mutex<State>,
@@ -118,6 +131,13 @@ impl TokenCache {
     pub fn new(label: String, fetch: Fetch) -> Self {
         TokenCache {
             inner: Arc::new(Inner {
+                kind: if label.starts_with("rdt") {
+                    "rdt"
+                } else if label.contains("client_credentials") {
+                    "grantless"
+                } else {
+                    "lwa"
+                },
                 label,
                 fetch,
                 state: Mutex::new(State::default()),
@@ -132,6 +152,7 @@ impl TokenCache {
         let seen_generation = {
             let state = self.lock_state();
             if let Some(token) = self.usable(&state) {
+                crate::metrics::metrics().cache_hit(self.inner.kind);
                 return Ok(token);
             }
             state.generation
@@ -149,6 +170,17 @@ impl TokenCache {
             }
         }
         self.fetch_and_store().await
+    }
+
+    /// The cached token's age and time to refresh, if one is cached.
+    pub fn timing(&self) -> Option<Timing> {
+        let state = self.lock_state();
+        let c = state.current.as_ref()?;
+        let now = Instant::now();
+        Some(Timing {
+            age: now.saturating_duration_since(c.fetched_at),
+            refresh_in: c.refresh_at.saturating_duration_since(now),
+        })
     }
 
     /// Whether a token is cached and usable without calling LWA.
@@ -230,6 +262,7 @@ impl TokenCache {
                 tracing::debug!(token = %self.inner.label, ?lifetime, "new token");
                 state.current = Some(Cached {
                     token: token.clone(),
+                    fetched_at: requested_at,
                     refresh_at: requested_at + s.refresh_after,
                     use_until: requested_at + s.use_until,
                 });

@@ -196,8 +196,21 @@ impl LwaClient {
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
             .body(form);
-        let (status, _, body) = super::call_token_service(request, timeout, "LWA").await?;
-        self.parse(status, &body)
+        let kind = match grant {
+            Grant::RefreshToken(_) => "lwa",
+            Grant::ClientCredentials { .. } => "grantless",
+        };
+        let m = crate::metrics::metrics();
+        m.lwa_calls
+            .get_or_create(&crate::metrics::KindLabels { kind })
+            .inc();
+        let result = super::call_token_service(request, timeout, "LWA")
+            .await
+            .and_then(|(status, _, body)| self.parse(status, &body));
+        if let Err(e) = &result {
+            m.token_failure("lwa", e);
+        }
+        result
     }
 
     /// The documented form body; `refresh_token` and `scope` are never sent together.

@@ -81,6 +81,17 @@ pub enum TokenSource {
     Rdt(RdtResource),
 }
 
+impl TokenSource {
+    /// `lwa`, `grantless` or `rdt`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenSource::Seller => "lwa",
+            TokenSource::Grantless(_) => "grantless",
+            TokenSource::Rdt(_) => "rdt",
+        }
+    }
+}
+
 /// The token a request carries, and where it came from.
 #[derive(Debug, Clone)]
 pub struct Chosen {

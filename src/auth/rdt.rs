@@ -168,6 +168,7 @@ impl Minter {
                 )))
             })?;
             let (RdtAnswer::Bare(r) | RdtAnswer::Wrapped { payload: r }) = answer;
+            crate::metrics::metrics().rdt_mints.inc();
             return Ok(FreshToken {
                 token: Secret::new(r.token),
                 lifetime: Duration::from_secs(r.expires_in.unwrap_or(3600)),
@@ -182,11 +183,19 @@ impl Minter {
                 format!("the Tokens API answered {status}"),
             )
         });
+        let m = crate::metrics::metrics();
         if status.is_server_error() || status == 429 {
+            m.token_failures
+                .get_or_create(&crate::metrics::FailureLabels {
+                    service: "rdt",
+                    reason: "unavailable",
+                })
+                .inc();
             return Err(MintError::Token(TokenError::Unavailable(format!(
                 "the Tokens API answered {status}: {code}: {message}"
             ))));
         }
+        m.rdt_refusals.inc();
         Err(MintError::Token(TokenError::Refused {
             service: "rdt",
             code,

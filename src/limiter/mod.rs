@@ -66,6 +66,27 @@ pub struct BucketKey {
     pub op: Option<usize>,
 }
 
+/// One bucket as it stands, for `/_proxy/quota`, metrics and the status page.
+#[derive(Debug, Clone)]
+pub struct BucketView {
+    /// Whose.
+    pub key: Key,
+    /// `api.operationId`, `unknown` or `sandbox`.
+    pub operation: String,
+    /// The API.
+    pub api: String,
+    /// Requests per second now.
+    pub rate: f64,
+    /// Bucket size.
+    pub burst: u32,
+    /// Tokens in the bucket now.
+    pub tokens: f64,
+    /// Requests waiting.
+    pub waiting: usize,
+    /// Where the rate came from.
+    pub source: RateSource,
+}
+
 struct Bucket {
     label: String,
     api: String,
@@ -326,8 +347,8 @@ impl Limiter {
         }
     }
 
-    /// Every bucket in use, for `/_proxy/quota`.
-    pub fn snapshot(&self) -> Value {
+    /// Every bucket in use, sorted by key and operation.
+    pub fn views(&self) -> Vec<BucketView> {
         let buckets: Vec<(BucketKey, Arc<Bucket>)> = self
             .buckets
             .lock()
@@ -336,7 +357,7 @@ impl Limiter {
             .map(|(k, b)| (k.clone(), Arc::clone(b)))
             .collect();
         let catalog = Catalog::builtin();
-        let mut rows: Vec<(BucketKey, Value)> = buckets
+        let mut views: Vec<BucketView> = buckets
             .into_iter()
             .map(|(k, b)| {
                 let (rate, source) = b.tokens.rate();
@@ -345,24 +366,41 @@ impl Limiter {
                     None if b.label.starts_with("sandbox") => "sandbox".into(),
                     None => "unknown".into(),
                 };
-                let row = json!({
-                    "seller": k.key.seller.as_deref(),
-                    "region": k.key.region.name(),
-                    "operation": operation,
-                    "api": b.api,
-                    "rate": rate,
-                    "burst": b.burst,
-                    "tokens_available": (b.tokens.available() * 100.0).floor() / 100.0,
-                    "waiting": b.waiting.load(Ordering::SeqCst),
-                    "rate_source": source.name(),
-                });
-                (k, row)
+                BucketView {
+                    key: k.key,
+                    operation,
+                    api: b.api.clone(),
+                    rate,
+                    burst: b.burst,
+                    tokens: b.tokens.available(),
+                    waiting: b.waiting.load(Ordering::SeqCst),
+                    source,
+                }
             })
             .collect();
-        rows.sort_by(|(ka, a), (kb, b)| {
-            (&ka.key, a["operation"].as_str()).cmp(&(&kb.key, b["operation"].as_str()))
-        });
-        let rows: Vec<Value> = rows.into_iter().map(|(_, v)| v).collect();
+        views.sort_by(|a, b| (&a.key, &a.operation).cmp(&(&b.key, &b.operation)));
+        views
+    }
+
+    /// Every bucket in use, for `/_proxy/quota`.
+    pub fn snapshot(&self) -> Value {
+        let rows: Vec<Value> = self
+            .views()
+            .into_iter()
+            .map(|v| {
+                json!({
+                    "seller": v.key.seller.as_deref(),
+                    "region": v.key.region.name(),
+                    "operation": v.operation,
+                    "api": v.api,
+                    "rate": v.rate,
+                    "burst": v.burst,
+                    "tokens_available": (v.tokens * 100.0).floor() / 100.0,
+                    "waiting": v.waiting,
+                    "rate_source": v.source.name(),
+                })
+            })
+            .collect();
         json!({"rate_limit": self.enabled(), "buckets": rows})
     }
 

@@ -110,7 +110,7 @@ pub struct LoggedProxy {
 }
 
 impl LoggedProxy {
-    fn start(sim: &Simulator, args: &[&str]) -> LoggedProxy {
+    pub fn start(sim: &Simulator, args: &[&str]) -> LoggedProxy {
         let dir = scratch_dir("trace");
         let mut cmd = command(&dir);
         cmd.args(args)
@@ -134,7 +134,10 @@ impl LoggedProxy {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("spapi-proxy listening") {
-                    if let Some(rest) = line.split("addr=").nth(1) {
+                    let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+                    if let Some(addr) = json.as_ref().and_then(|j| j["addr"].as_str()) {
+                        let _ = addr_tx.send(addr.to_string());
+                    } else if let Some(rest) = line.split("addr=").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                         let _ = addr_tx.send(addr);
                     }
@@ -176,13 +179,43 @@ impl LoggedProxy {
     }
 }
 
-#[tokio::test]
-async fn no_secret_appears_in_trace_logs() {
-    let sim = Simulator::start().await.unwrap();
-    let proxy = LoggedProxy::start(&sim, &["serve"]);
-    let client = crate::support::client();
-    let url = format!("http://{}/orders/v0/orders/902-3159896-1390916", proxy.addr);
+/// The simulator's buyer: what its restricted answers hold (src/sim/spapi.rs).
+const BUYER_PII: [&str; 5] = [
+    "Sam Rivera",
+    "sam.rivera@marketplace.amazon.com",
+    "+1 206-555-0100",
+    "1200 Pine St",
+    "98101",
+];
 
+#[tokio::test]
+async fn no_secret_or_personal_data_appears_in_trace_logs() {
+    for format in ["text", "json"] {
+        no_secret_or_personal_data_in(format).await;
+    }
+}
+
+async fn no_secret_or_personal_data_in(format: &str) {
+    let sim = Simulator::start().await.unwrap();
+    let proxy = LoggedProxy::start(&sim, &["serve", "--log-format", format]);
+    let client = crate::support::client();
+    let base = format!("http://{}", proxy.addr);
+    let url = format!("{base}/orders/v0/orders/902-3159896-1390916");
+
+    // Restricted answers with the buyer's name, address, e-mail and phone, through RDTs.
+    for path in [
+        "/orders/v0/orders/902-3159896-1390916/address",
+        "/orders/v0/orders/902-3159896-1390916/buyerInfo",
+        "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER",
+    ] {
+        let resp = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let body = resp.text().await.unwrap();
+        assert!(
+            BUYER_PII.iter().any(|p| body.contains(p)),
+            "{path} carried personal data: {body}"
+        );
+    }
     // A normal request, a 403-expired replay, a POST, and a refused refresh token.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
     sim.expire_all_tokens();
@@ -201,6 +234,12 @@ async fn no_secret_appears_in_trace_logs() {
 
     let logs = proxy.stop();
     assert!(logs.contains("TRACE"), "ran at trace level");
+    for pii in BUYER_PII {
+        assert!(
+            !logs.contains(pii),
+            "personal data leaked into the {format} logs"
+        );
+    }
     assert!(logs.lines().count() > 20, "{logs}");
     let mut secrets = vec![SIM_CLIENT_SECRET.to_string(), SIM_REFRESH_TOKEN.to_string()];
     secrets.extend(sim.issued_tokens());

@@ -8,6 +8,7 @@ mod cli;
 mod dialect;
 mod forwarding;
 mod limits;
+mod observe;
 mod restricted;
 mod security;
 mod sellers;

@@ -1,0 +1,280 @@
+//! Prometheus metrics, served at `GET /_proxy/metrics` in the text exposition format.
+//!
+//! One set per process (`metrics()`), because the token caches, the limiter and the server
+//! that feed it are spread over the whole proxy and a process runs one proxy. Labels are
+//! bounded: seller names from the config, operationIds and API names from the catalog, status
+//! classes, token kinds. Never a path, an id or a value a client chose.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A request as counted: whose, which operation, how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The seller's configured name, or `-` (grantless, or refused before one was chosen).
+    pub seller: Arc<str>,
+    /// The API (`ordersV0`), or `-` for unknown requests.
+    pub api: &'static str,
+    /// The operationId, or `-`.
+    pub operation: &'static str,
+    /// `2xx` ... `5xx`.
+    pub status: &'static str,
+}
+
+/// One operation of one seller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The seller's configured name, or `-`.
+    pub seller: Arc<str>,
+    /// The operationId, or `-`.
+    pub operation: &'static str,
+}
+
+/// An operation, for the latency histograms (no seller: histograms are the costly series).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operationId, or `-`.
+    pub operation: &'static str,
+}
+
+/// A token kind: `lwa`, `rdt` or `grantless`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// A failed token call: which service and how (`refused`, `unavailable`, `timeout`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `lwa` or `rdt`.
+    pub service: &'static str,
+    /// How it failed.
+    pub reason: &'static str,
+}
+
+/// One rate-limit bucket.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabels {
+    /// The seller's name, or `(application)`.
+    pub seller: String,
+    /// `na`, `eu` or `fe`.
+    pub region: &'static str,
+    /// `api.operationId`, `unknown` or `sandbox`.
+    pub operation: String,
+}
+
+type Seconds = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric the proxy keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by seller, API, operation and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from sending upstream to the response headers.
+    pub upstream_seconds: Seconds,
+    /// Time waited for quota.
+    pub queue_wait_seconds: Seconds,
+    /// The proxy's own 429s (no quota within max_wait, or a full queue).
+    pub local_throttled: Family<OperationLabels, Counter>,
+    /// Amazon's 429s.
+    pub amazon_throttled: Family<OperationLabels, Counter>,
+    /// Amazon's 5xx answers.
+    pub amazon_errors: Family<OperationLabels, Counter>,
+    /// Requests replayed with a fresh token after Amazon rejected the first.
+    pub replays: Family<OperationLabels, Counter>,
+    /// Calls to LWA's token endpoint, by grant kind (`lwa` seller tokens, `grantless`).
+    pub lwa_calls: Family<KindLabels, Counter>,
+    /// Token calls that failed, LWA's or the Tokens API's.
+    pub token_failures: Family<FailureLabels, Counter>,
+    /// RDTs minted.
+    pub rdt_mints: Counter,
+    /// RDT mints Amazon refused.
+    pub rdt_refusals: Counter,
+    /// Tokens served from a cache without a call, by kind.
+    pub token_cache_hits: Family<KindLabels, Counter>,
+    /// Whole tokens in each bucket, at scrape time.
+    pub bucket_tokens: Family<BucketLabels, Gauge<f64, AtomicU64>>,
+    /// Requests waiting in each bucket's queue, at scrape time.
+    pub bucket_waiting: Family<BucketLabels, Gauge>,
+    /// Open client connections.
+    pub client_connections: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("spapi_proxy");
+        let m = Metrics {
+            requests: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            queue_wait_seconds: Family::new_with_constructor(latency_histogram),
+            local_throttled: Family::default(),
+            amazon_throttled: Family::default(),
+            amazon_errors: Family::default(),
+            replays: Family::default(),
+            lwa_calls: Family::default(),
+            token_failures: Family::default(),
+            rdt_mints: Counter::default(),
+            rdt_refusals: Counter::default(),
+            token_cache_hits: Family::default(),
+            bucket_tokens: Family::default(),
+            bucket_waiting: Family::default(),
+            client_connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by seller, API, operation and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request to SP-API to its response headers",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time a request waited for quota",
+            m.queue_wait_seconds.clone(),
+        );
+        registry.register(
+            "local_throttled",
+            "Requests the proxy answered 429 itself (no quota within max_wait, or a full queue)",
+            m.local_throttled.clone(),
+        );
+        registry.register(
+            "amazon_throttled",
+            "429 answers from SP-API",
+            m.amazon_throttled.clone(),
+        );
+        registry.register(
+            "amazon_errors",
+            "5xx answers from SP-API",
+            m.amazon_errors.clone(),
+        );
+        registry.register(
+            "token_replays",
+            "Requests replayed with a fresh token after SP-API rejected the first",
+            m.replays.clone(),
+        );
+        registry.register(
+            "lwa_calls",
+            "Calls to the LWA token endpoint, by token kind",
+            m.lwa_calls.clone(),
+        );
+        registry.register(
+            "token_failures",
+            "Token calls that failed, by service and reason",
+            m.token_failures.clone(),
+        );
+        registry.register(
+            "rdt_mints",
+            "Restricted Data Tokens minted",
+            m.rdt_mints.clone(),
+        );
+        registry.register(
+            "rdt_refusals",
+            "RDT mints SP-API refused",
+            m.rdt_refusals.clone(),
+        );
+        registry.register(
+            "token_cache_hits",
+            "Tokens served from a cache without a call, by kind",
+            m.token_cache_hits.clone(),
+        );
+        registry.register(
+            "bucket_tokens_available",
+            "Whole tokens in a rate-limit bucket",
+            m.bucket_tokens.clone(),
+        );
+        registry.register(
+            "bucket_waiting",
+            "Requests waiting for a rate-limit bucket",
+            m.bucket_waiting.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Open client connections",
+            m.client_connections.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts an answered request.
+    pub fn request(&self, labels: &RequestLabels) {
+        self.requests.get_or_create(labels).inc();
+    }
+
+    /// Records the wait for quota.
+    pub fn queued(&self, operation: &'static str, waited: Duration) {
+        self.queue_wait_seconds
+            .get_or_create(&OpLabels { operation })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records the upstream's time to response headers.
+    pub fn upstream(&self, operation: &'static str, took: Duration) {
+        self.upstream_seconds
+            .get_or_create(&OpLabels { operation })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a token served from a cache.
+    pub fn cache_hit(&self, kind: &'static str) {
+        self.token_cache_hits
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Counts a failed token call.
+    pub fn token_failure(&self, service: &'static str, error: &crate::error::TokenError) {
+        use crate::error::TokenError;
+        let reason = match error {
+            TokenError::Refused { .. } => "refused",
+            TokenError::Timeout => "timeout",
+            _ => "unavailable",
+        };
+        self.token_failures
+            .get_or_create(&FailureLabels { service, reason })
+            .inc();
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// `2xx` ... `5xx` for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
