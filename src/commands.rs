@@ -425,6 +425,92 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
+/// `spapi-proxy status`: what `/_proxy/status` says, as tables for a terminal.
+pub fn status_tables(status: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let token = |t: &Value| match (t["age_secs"].as_u64(), t["refresh_in_secs"].as_u64()) {
+        (Some(a), Some(r)) => format!("age {a}s, refresh in {r}s"),
+        _ => "none cached".into(),
+    };
+    let mut out = format!(
+        "spapi-proxy {}: rate limiting {}, client secret in use: {}\n\n",
+        text(&status["version"]),
+        if status["rate_limit"] == Value::Bool(true) {
+            "on"
+        } else {
+            "off"
+        },
+        text(&status["client_secret"])
+    );
+    out.push_str(&format!(
+        "{:<20} {:<6} {:<10} {}\n",
+        "SELLER", "REGION", "STATE", "ACCESS TOKEN"
+    ));
+    for (name, s) in status["sellers"].as_object().into_iter().flatten() {
+        let regions = s["regions"].as_object().filter(|r| !r.is_empty());
+        match regions {
+            None => out.push_str(&format!(
+                "{:<20} {:<6} {:<10} {}\n",
+                name,
+                text(&s["region"]),
+                "unused",
+                "none cached"
+            )),
+            Some(r) => {
+                for (region, r) in r {
+                    let state = if r["healthy"] == Value::Bool(false) {
+                        "UNHEALTHY"
+                    } else {
+                        "healthy"
+                    };
+                    out.push_str(&format!(
+                        "{:<20} {:<6} {:<10} {}\n",
+                        name,
+                        region,
+                        state,
+                        token(&r["token"])
+                    ));
+                }
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>9} {:>10}\n",
+        "SELLER",
+        "REGION",
+        "OPERATION",
+        "TOKENS",
+        "RATE",
+        "SOURCE",
+        "WAITING",
+        "LOCAL 429",
+        "AMAZON 429"
+    ));
+    for b in status["buckets"].as_array().into_iter().flatten() {
+        let seller = match &b["seller"] {
+            Value::Null => "(application)".to_string(),
+            v => text(v),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>9} {:>10}\n",
+            seller,
+            text(&b["region"]),
+            text(&b["operation"]),
+            format!("{}/{}", text(&b["tokens_available"]), text(&b["burst"])),
+            text(&b["rate"]),
+            text(&b["rate_source"]),
+            text(&b["waiting"]),
+            text(&b["local_429"]),
+            text(&b["amazon_429"]),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

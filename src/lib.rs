@@ -59,4 +59,5 @@ pub mod region;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod status_page;
 pub mod target;

@@ -55,6 +55,24 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Print a running proxy's status (sellers, tokens, buckets) as tables.
+    Status {
+        /// The proxy's base URL (default: from SPAPI_LISTEN, else http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Act on a running proxy's tokens.
+    Tokens {
+        /// Drop the cached access tokens and fetch new ones now.
+        #[arg(long, required = true)]
+        refresh: bool,
+        /// Only this seller's (default: every seller's).
+        #[arg(long)]
+        seller: Option<String>,
+        /// The proxy's base URL (default: from SPAPI_LISTEN, else http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print what the proxy would do with a request: operation, rate limit, token, upstream URL.
     Explain {
         /// HTTP method, e.g. GET.
@@ -116,6 +134,8 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Operations { json }) => operations(json),
         Some(Command::Health { url }) => runtime.block_on(health(url)),
+        Some(Command::Status { url }) => runtime.block_on(status(url)),
+        Some(Command::Tokens { seller, url, .. }) => runtime.block_on(refresh_tokens(url, seller)),
         Some(Command::Explain {
             method,
             path,
@@ -199,8 +219,9 @@ fn explain(method: &str, path: &str, config: Option<&Path>, seller: Option<&str>
     }
 }
 
-/// The health URL: `--url`, or the listen address from SPAPI_LISTEN (0.0.0.0 becomes 127.0.0.1).
-fn health_url(url: Option<String>) -> String {
+/// The proxy's base URL: `--url`, or the listen address from SPAPI_LISTEN (0.0.0.0 becomes
+/// 127.0.0.1).
+fn base_url(url: Option<String>) -> String {
     let base = url.unwrap_or_else(|| {
         let listen = std::env::var("SPAPI_LISTEN")
             .ok()
@@ -213,7 +234,95 @@ fn health_url(url: Option<String>) -> String {
         };
         format!("http://{}", SocketAddr::new(ip, listen.port()))
     });
-    format!("{}/_proxy/health", base.trim_end_matches('/'))
+    base.trim_end_matches('/').to_string()
+}
+
+fn health_url(url: Option<String>) -> String {
+    format!("{}/_proxy/health", base_url(url))
+}
+
+/// A client for the proxy's own endpoints, presenting `SPAPI_PROXY_KEY` (or the first of
+/// `SPAPI_PROXY_KEYS`) when set.
+fn admin_client() -> Result<reqwest::Client, String> {
+    let key = std::env::var("SPAPI_PROXY_KEY").ok().or_else(|| {
+        std::env::var("SPAPI_PROXY_KEYS")
+            .ok()
+            .and_then(|k| k.split(',').next().map(|k| k.trim().to_string()))
+    });
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key.filter(|k| !k.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&key)
+            .map_err(|_| "SPAPI_PROXY_KEY is not a valid header value".to_string())?;
+        value.set_sensitive(true);
+        headers.insert("x-spapi-proxy-key", value);
+    }
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// GETs or POSTs `path` on the proxy and reads its JSON answer.
+async fn admin_call(
+    url: Option<String>,
+    post: bool,
+    path: &str,
+) -> Result<serde_json::Value, String> {
+    let client = admin_client()?;
+    let url = format!("{}{path}", base_url(url));
+    let request = if post {
+        client.post(&url)
+    } else {
+        client.get(&url)
+    };
+    let resp = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))
+}
+
+async fn status(url: Option<String>) -> ExitCode {
+    match admin_call(url, false, "/_proxy/status").await {
+        Ok(v) => print_out(&commands::status_tables(&v)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn refresh_tokens(url: Option<String>, seller: Option<String>) -> ExitCode {
+    let path = match &seller {
+        Some(s) => format!(
+            "/_proxy/tokens/refresh?seller={}",
+            form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+        ),
+        None => "/_proxy/tokens/refresh".to_string(),
+    };
+    match admin_call(url, true, &path).await {
+        Ok(v) => {
+            for (who, r) in v["tokens"].as_object().into_iter().flatten() {
+                match r["refreshed"].as_bool() {
+                    Some(true) => println!("{who}: refreshed"),
+                    _ => println!("{who}: failed: {}", r["error"].as_str().unwrap_or("?")),
+                }
+            }
+            if v["ok"] == serde_json::Value::Bool(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn health(url: Option<String>) -> ExitCode {

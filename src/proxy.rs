@@ -794,7 +794,38 @@ impl Proxy {
                     .collect();
                 Ok(json_response(StatusCode::OK, quota))
             }
-            (&Method::GET, "/_proxy/status") => Ok(json_response(StatusCode::OK, status(state))),
+            (&Method::GET, "/_proxy/status") => {
+                Ok(json_response(StatusCode::OK, status(state, &self.limiter)))
+            }
+            (&Method::GET, "/_proxy/") => {
+                let html = crate::status_page::render(&status(state, &self.limiter));
+                let mut resp = Response::new(full(html));
+                let h = resp.headers_mut();
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                // Everything is inline; nothing else may load, and no other site may frame it.
+                h.insert(
+                    http::header::CONTENT_SECURITY_POLICY,
+                    http::HeaderValue::from_static(
+                        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                    ),
+                );
+                h.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                Ok(resp)
+            }
+            (&Method::POST, "/_proxy/tokens/refresh") => {
+                if key.is_some_and(|k| k.sellers.is_some()) {
+                    return Err(ProxyError::SellerNotAllowed(
+                        "(a token refresh needs a key that is not limited to sellers)".into(),
+                    ));
+                }
+                self.refresh_tokens(state, req.uri().query()).await
+            }
             (&Method::GET, "/_proxy/metrics") => {
                 let m = metrics::metrics();
                 m.bucket_tokens.clear();
@@ -846,6 +877,50 @@ impl Proxy {
                 path: path.to_string(),
             }),
         }
+    }
+
+    /// `POST /_proxy/tokens/refresh[?seller=NAME]`: drops each seller's cached access tokens
+    /// (every region in use) and fetches new ones now; says per seller how it went.
+    async fn refresh_tokens(
+        &self,
+        state: &State,
+        query: Option<&str>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let auth = &state.auth;
+        let named = query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "seller")
+                .map(|(_, v)| v.into_owned())
+        });
+        let sellers: Vec<&Arc<auth::Seller>> = match &named {
+            Some(name) => auth.seller(Some(name), true)?.into_iter().collect(),
+            None => auth.sellers(),
+        };
+        let mut report = serde_json::Map::new();
+        let mut failed = false;
+        for s in sellers {
+            // The seller's own region at least, and every other region it was used in.
+            let home = s.region(s.config.region);
+            let mut regions: Vec<&Arc<SellerAuth>> = vec![home];
+            regions.extend(s.used_regions().filter(|a| a.key.region != s.config.region));
+            for a in regions {
+                let result = a.refresh().await;
+                failed |= result.is_err();
+                tracing::info!(seller = %a.key, ok = result.is_ok(), "access token refreshed on request");
+                report.insert(
+                    a.key.to_string(),
+                    match result {
+                        Ok(()) => serde_json::json!({"refreshed": true}),
+                        Err(e) => serde_json::json!({"refreshed": false, "error": e.to_string()}),
+                    },
+                );
+            }
+        }
+        // A report, not an error: each seller says how it went, and `ok` sums it up.
+        Ok(json_response(
+            StatusCode::OK,
+            serde_json::json!({"ok": !failed, "tokens": report}),
+        ))
     }
 
     /// `/_proxy/ready[?seller=NAME]`: ready when a token can be had for that seller, or
@@ -916,11 +991,20 @@ impl Proxy {
     }
 }
 
-/// `/_proxy/status`: policies, which client secret works, and each seller's state; never a
-/// secret's value.
-fn status(state: &State) -> serde_json::Value {
+/// `/_proxy/status`: policies, which client secret works, each seller's state and token
+/// timing, and every bucket with its recent 429s; never a secret's value. The status page and
+/// `spapi-proxy status` show this.
+fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
     let auth = &state.auth;
     let config = &state.config;
+    let timing = |t: Option<auth::cache::Timing>| {
+        t.map(|t| {
+            serde_json::json!({
+                "age_secs": t.age.as_secs(),
+                "refresh_in_secs": t.refresh_in.as_secs(),
+            })
+        })
+    };
     let default = auth.default_seller().map(|s| s.region(s.config.region));
     let sellers: serde_json::Map<String, serde_json::Value> = auth
         .sellers()
@@ -933,6 +1017,7 @@ fn status(state: &State) -> serde_json::Value {
                         a.key.region.name().to_string(),
                         serde_json::json!({
                             "healthy": a.healthy(),
+                            "token": timing(a.token_timing()),
                             "rejected_by_amazon": a.fresh_rejection(),
                             "refused_data_elements": a.pii_roles(),
                         }),
@@ -945,12 +1030,49 @@ fn status(state: &State) -> serde_json::Value {
                     "region": s.config.region.name(),
                     "selling_partner_id": s.config.selling_partner_id,
                     "default": config.default_seller.as_deref() == Some(&*s.name),
+                    "healthy": s.used_regions().all(|a| a.healthy()),
                     "regions": regions,
                 }),
             )
         })
         .collect();
+    let grantless: Vec<serde_json::Value> = auth
+        .grantless_timings()
+        .into_iter()
+        .map(|(scope, t)| serde_json::json!({"scope": scope, "token": timing(t)}))
+        .collect();
+    let m = metrics::metrics();
+    let count =
+        |family: &prometheus_client::metrics::family::Family<
+            metrics::OperationLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+         labels: &metrics::OperationLabels| { family.get(labels).map_or(0, |c| c.get()) };
+    let buckets: Vec<serde_json::Value> = limiter
+        .views()
+        .into_iter()
+        .map(|v| {
+            let labels = metrics::OperationLabels {
+                seller: v.key.seller.clone().unwrap_or_else(no_seller),
+                operation: v.operation_id,
+            };
+            serde_json::json!({
+                "seller": v.key.seller.as_deref(),
+                "region": v.key.region.name(),
+                "operation": v.operation,
+                "rate": v.rate,
+                "rate_source": v.source.name(),
+                "burst": v.burst,
+                "tokens_available": (v.tokens * 100.0).floor() / 100.0,
+                "waiting": v.waiting,
+                "local_429": count(&m.local_throttled, &labels),
+                "amazon_429": count(&m.amazon_throttled, &labels),
+            })
+        })
+        .collect();
     serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "rate_limit": limiter.enabled(),
         "restricted_data": {
             "default": config.restricted_data.name(),
             "retry_secs": config.restricted_data_retry.as_secs(),
@@ -961,6 +1083,8 @@ fn status(state: &State) -> serde_json::Value {
         },
         "client_secret": auth.secret_in_use(),
         "sellers": sellers,
+        "grantless": grantless,
+        "buckets": buckets,
     })
 }
 

@@ -183,6 +183,11 @@ impl TokenCache {
         })
     }
 
+    /// Forgets the cached token, whatever it is, so that the next `get` fetches a new one.
+    pub fn clear(&self) {
+        self.lock_state().current = None;
+    }
+
     /// Whether a token is cached and usable without calling LWA.
     pub fn has_token(&self) -> bool {
         let state = self.lock_state();

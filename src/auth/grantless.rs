@@ -43,6 +43,17 @@ impl Grantless {
         self.entry(scope).get().await
     }
 
+    /// Each scope's cached token timing, sorted by scope.
+    pub fn timings(&self) -> Vec<(String, Option<super::cache::Timing>)> {
+        let scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = scopes
+            .iter()
+            .map(|(s, c)| (s.clone(), c.timing()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Amazon rejected `used`: forget it.
     pub fn invalidate(&self, scope: &str, used: &Token) {
         self.entry(scope).invalidate(used);

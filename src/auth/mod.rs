@@ -410,6 +410,11 @@ impl Auth {
         }
     }
 
+    /// Each grantless scope's cached token timing.
+    pub fn grantless_timings(&self) -> Vec<(String, Option<cache::Timing>)> {
+        self.app.grantless.timings()
+    }
+
     /// Which configured client secret LWA accepts (never its value).
     pub fn secret_in_use(&self) -> &'static str {
         self.app.lwa.secret_in_use()

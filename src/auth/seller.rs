@@ -109,6 +109,19 @@ impl SellerAuth {
         }
     }
 
+    /// The access token's age and time to its refresh, if one is cached.
+    pub fn token_timing(&self) -> Option<super::cache::Timing> {
+        self.token.timing()
+    }
+
+    /// Drops the cached access token and fetches a new one now (`tokens --refresh`); a refused
+    /// refresh token is tried again at once.
+    pub async fn refresh(&self) -> Result<(), TokenError> {
+        self.token.clear();
+        lock(&self.refused).take();
+        self.access_token().await.map(|_| ())
+    }
+
     /// Whether the refresh token currently stands refused.
     pub fn healthy(&self) -> bool {
         lock(&self.refused).is_none()

@@ -73,6 +73,8 @@ pub struct BucketView {
     pub key: Key,
     /// `api.operationId`, `unknown` or `sandbox`.
     pub operation: String,
+    /// The bare operationId, or `-`.
+    pub operation_id: &'static str,
     /// The API.
     pub api: String,
     /// Requests per second now.
@@ -369,6 +371,7 @@ impl Limiter {
                 BucketView {
                     key: k.key,
                     operation,
+                    operation_id: k.op.map_or("-", |i| catalog.operations()[i].id.as_str()),
                     api: b.api.clone(),
                     rate,
                     burst: b.burst,

@@ -201,3 +201,245 @@ async fn the_json_request_line_says_what_happened() {
     assert_eq!(grantless["seller"], "-");
     assert_eq!(grantless["pii"], "-");
 }
+
+/// A proxy with traffic behind it: buckets, tokens and a throttled operation to show.
+/// Metrics are process-wide, so each test names its own seller to count its own 429s.
+async fn busy_harness(seller: &str) -> Harness {
+    let h = Harness::limited(&format!(
+        "[sellers.{seller}]\nrefresh_token = \"{SIM_REFRESH_TOKEN}\"\ndefault = true\n\
+         [operations.getOrders]\nrate = 0.01\nburst = 1\n"
+    ))
+    .await;
+    assert_eq!(
+        h.get("/sellers/v1/marketplaceParticipations")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(h.get("/notifications/v1/destinations").await.status(), 200);
+    let orders = "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER";
+    assert_eq!(
+        h.get_with(orders, "x-spapi-max-wait", "0").await.status(),
+        200
+    );
+    assert_eq!(
+        h.get_with(orders, "x-spapi-max-wait", "0").await.status(),
+        429
+    );
+    h
+}
+
+#[tokio::test]
+async fn the_status_page_shows_buckets_tokens_and_sellers_but_no_secret() {
+    let h = busy_harness("paged").await;
+    let resp = h.get("/_proxy/").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.contains("<meta http-equiv=\"refresh\""),
+        "reloads itself"
+    );
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
+    assert!(
+        html.contains(
+            "<td>paged (default)</td><td>na</td><td><span class=\"ok\">healthy</span></td><td>age "
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains("<td>sellingpartnerapi::notifications</td><td>age "),
+        "{html}"
+    );
+    // getOrders: its one token taken, one local 429; the rate is the one the simulator's
+    // x-amzn-RateLimit-Limit header announced, which outranks the configured guess.
+    assert!(
+        html.contains("<td>paged</td><td>na</td><td>ordersV0.getOrders</td>"),
+        "{html}"
+    );
+    let row = html
+        .split("<tr class=\"bucket\">")
+        .find(|r| r.contains("ordersV0.getOrders"))
+        .unwrap();
+    assert!(
+        row.contains("0.0 / 1</td><td>0.0167</td><td>amazon</td><td>0</td><td>1</td><td>0</td>"),
+        "{row}"
+    );
+    for token in h.sim.issued_tokens() {
+        assert!(!html.contains(&token), "a token on the page");
+    }
+    assert!(!html.contains(SIM_REFRESH_TOKEN));
+}
+
+#[tokio::test]
+async fn a_token_refresh_fetches_new_tokens_now() {
+    let h = busy_harness("refreshed").await;
+    let before = h.sim.lwa_calls();
+    let resp = h
+        .client
+        .post(h.url("/_proxy/tokens/refresh?seller=refreshed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = crate::support::json(resp).await;
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["tokens"]["refreshed@na"]["refreshed"], true);
+    assert_eq!(h.sim.lwa_calls(), before + 1);
+    let resp = h
+        .client
+        .post(h.url("/_proxy/tokens/refresh?seller=nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+/// chromedriver on a free loopback port, or `None` (with the reason) where it is not installed.
+async fn chromedriver() -> Result<(tokio::process::Child, String), String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let binary = ["chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .ok_or("no chromedriver on this machine (.ci/run installs Debian's chromium-driver)")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let mut child = tokio::process::Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // It says so on stdout once it listens.
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        if line.contains("started successfully") {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((child, format!("http://127.0.0.1:{port}")));
+        }
+    }
+    Err("chromedriver exited before listening".into())
+}
+
+#[tokio::test]
+async fn the_status_page_in_a_headless_browser() {
+    use fantoccini::{ClientBuilder, Locator};
+    let (_driver, webdriver) = match chromedriver().await {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED the headless-browser test: {why}");
+            return;
+        }
+    };
+    let h = std::sync::Arc::new(busy_harness("browsed").await);
+    // Load behind the page while the browser renders it.
+    let load = {
+        let h = std::sync::Arc::clone(&h);
+        tokio::spawn(async move {
+            // Past its burst of 15, the local limiter answers 429 at once (max wait 0).
+            for _ in 0..200 {
+                let status = h
+                    .get_with(
+                        "/sellers/v1/marketplaceParticipations",
+                        "x-spapi-max-wait",
+                        "0",
+                    )
+                    .await
+                    .status();
+                assert!(status == 200 || status == 429, "{status}");
+            }
+        })
+    };
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    // The WebDriver link is plain HTTP, but its client wants a TLS provider chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let browser = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&webdriver)
+        .await
+        .expect("a chromium session");
+    browser.goto(&h.url("/_proxy/")).await.unwrap();
+    assert_eq!(browser.title().await.unwrap(), "spapi-proxy status");
+
+    let rows = |table: &'static str| {
+        let browser = &browser;
+        async move {
+            let mut out = Vec::new();
+            for row in browser.find_all(Locator::Css(table)).await? {
+                out.push(row.text().await?);
+            }
+            Ok::<_, fantoccini::error::CmdError>(out)
+        }
+    };
+    let sellers = rows("#sellers tr.seller").await.unwrap();
+    assert!(
+        sellers
+            .iter()
+            .any(|r| r.starts_with("browsed (default) na healthy age ")
+                && r.contains(", refresh in ")),
+        "{sellers:?}"
+    );
+    let orders = |rows: &[String]| {
+        rows.iter()
+            .find(|r| r.contains("ordersV0.getOrders"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let buckets = rows("#buckets tr.bucket").await.unwrap();
+    // seller, region, operation, fill, rate, source, waiting, local 429s, Amazon 429s.
+    assert!(
+        orders(&buckets).ends_with("0.0 / 1 0.0167 amazon 0 1 0"),
+        "{buckets:?}"
+    );
+    assert!(
+        buckets
+            .iter()
+            .any(|r| r.contains("sellers.getMarketplaceParticipations")),
+        "{buckets:?}"
+    );
+    load.await.unwrap();
+
+    // One more local 429; the page reloads itself and shows it, with no one touching it.
+    let orders_path = "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER";
+    assert_eq!(
+        h.get_with(orders_path, "x-spapi-max-wait", "0")
+            .await
+            .status(),
+        429
+    );
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            // Mid-reload, the rows read may vanish under the driver: read again.
+            if let Ok(buckets) = rows("#buckets tr.bucket").await {
+                if orders(&buckets).ends_with(" 2 0") {
+                    return buckets;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    browser.close().await.unwrap();
+    assert!(
+        seen.is_ok(),
+        "the page never reloaded to show the second 429"
+    );
+}
