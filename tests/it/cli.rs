@@ -454,3 +454,62 @@ async fn sighup_reloads_the_config_file() {
     assert_eq!(as_delta().await.unwrap().status(), 200);
     proxy.stop();
 }
+
+// Several threads: the commands block this one while the simulator answers the proxy's LWA call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_tokens_refresh_talk_to_a_running_proxy() {
+    let sim = Simulator::start().await.unwrap();
+    let proxy = LoggedProxy::start(&sim, &["serve"]);
+    let client = crate::support::client();
+    let url = format!("http://{}", proxy.addr);
+    let orders = format!("{url}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER");
+    assert_eq!(client.get(&orders).send().await.unwrap().status(), 200);
+    let dir = scratch_dir("admin");
+    let run = |args: &[&str]| {
+        let out = command(&dir)
+            .args(args)
+            .args(["--url", &url])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (code, table, err) = run(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        table.contains("client secret in use: client_secret"),
+        "{table}"
+    );
+    let seller = table
+        .lines()
+        .find(|l| l.starts_with("default "))
+        .unwrap_or("");
+    assert!(
+        seller.contains(" na ") && seller.contains("healthy") && seller.contains("age "),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.contains("ordersV0.getOrders")),
+        "{table}"
+    );
+    for token in sim.issued_tokens() {
+        assert!(!table.contains(&token), "a token in the table");
+    }
+
+    let calls = sim.lwa_calls();
+    let (code, out, err) = run(&["tokens", "--refresh"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "default@na: refreshed");
+    assert_eq!(sim.lwa_calls(), calls + 1);
+    let (code, _, err) = run(&["tokens", "--refresh", "--seller", "nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("400") && err.contains("default"), "{err}");
+
+    let (code, _, err) = run(&["tokens"]);
+    assert_eq!(code, Some(2), "--refresh is required: {err}");
+    proxy.stop();
+}
