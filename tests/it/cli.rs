@@ -180,12 +180,15 @@ impl LoggedProxy {
 }
 
 /// The simulator's buyer: what its restricted answers hold (src/sim/spapi.rs).
-const BUYER_PII: [&str; 5] = [
+const BUYER_PII: [&str; 8] = [
     "Sam Rivera",
     "sam.rivera@marketplace.amazon.com",
     "+1 206-555-0100",
     "1200 Pine St",
     "98101",
+    "SEATTLE",
+    "Happy birthday, Sam!",
+    "PO-7781",
 ];
 
 #[tokio::test]
@@ -206,6 +209,8 @@ async fn no_secret_or_personal_data_in(format: &str) {
     for path in [
         "/orders/v0/orders/902-3159896-1390916/address",
         "/orders/v0/orders/902-3159896-1390916/buyerInfo",
+        "/orders/v0/orders/902-3159896-1390916/orderItems/buyerInfo",
+        "/orders/v0/orders/902-3159896-1390916/orderItems",
         "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER",
     ] {
         let resp = client.get(format!("{base}{path}")).send().await.unwrap();
@@ -228,6 +233,20 @@ async fn no_secret_or_personal_data_in(format: &str) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
+    // A grantless call, the proxy's own pages, and a forced token refresh.
+    let grantless = format!("{base}/notifications/v1/destinations");
+    assert_eq!(client.get(grantless).send().await.unwrap().status(), 200);
+    for page in [
+        "/_proxy/",
+        "/_proxy/status",
+        "/_proxy/metrics",
+        "/_proxy/quota",
+    ] {
+        let resp = client.get(format!("{base}{page}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{page}");
+    }
+    let refresh = format!("{base}/_proxy/tokens/refresh");
+    assert_eq!(client.post(refresh).send().await.unwrap().status(), 200);
     sim.expire_all_tokens();
     sim.set_lwa_fault(Some(LwaFault::InvalidGrant));
     assert_eq!(client.get(&url).send().await.unwrap().status(), 502);
