@@ -479,7 +479,7 @@ pub fn status_tables(status: &Value) -> String {
         }
     }
     out.push_str(&format!(
-        "\n{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>9} {:>10}\n",
+        "\n{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>20} {:>20}\n",
         "SELLER",
         "REGION",
         "OPERATION",
@@ -496,7 +496,7 @@ pub fn status_tables(status: &Value) -> String {
             v => text(v),
         };
         out.push_str(&format!(
-            "{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>9} {:>10}\n",
+            "{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>20} {:>20}\n",
             seller,
             text(&b["region"]),
             text(&b["operation"]),
@@ -504,8 +504,8 @@ pub fn status_tables(status: &Value) -> String {
             text(&b["rate"]),
             text(&b["rate_source"]),
             text(&b["waiting"]),
-            text(&b["local_429"]),
-            text(&b["amazon_429"]),
+            crate::status_page::throttled(&b["local_429"], &b["local_429_last_secs_ago"]),
+            crate::status_page::throttled(&b["amazon_429"], &b["amazon_429_last_secs_ago"]),
         ));
     }
     out

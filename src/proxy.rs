@@ -1067,6 +1067,8 @@ fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
                 "waiting": v.waiting,
                 "local_429": count(&m.local_throttled, &labels),
                 "amazon_429": count(&m.amazon_throttled, &labels),
+                "local_429_last_secs_ago": v.last_local_429.map(|d| d.as_secs()),
+                "amazon_429_last_secs_ago": v.last_amazon_429.map(|d| d.as_secs()),
             })
         })
         .collect();

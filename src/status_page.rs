@@ -55,6 +55,14 @@ fn token_cell(token: &Value) -> String {
     }
 }
 
+/// A 429 count and, if there were any, how long ago the last one was: `3, last 12s ago`.
+pub fn throttled(count: &Value, last: &Value) -> String {
+    match last.as_u64() {
+        Some(ago) => format!("{}, last {} ago", esc(&text(count)), duration(ago)),
+        None => esc(&text(count)),
+    }
+}
+
 /// The page for `status` (what `/_proxy/status` answers).
 pub fn render(status: &Value) -> String {
     let mut h = String::new();
@@ -148,8 +156,8 @@ pub fn render(status: &Value) -> String {
             esc(&text(&b["rate"])),
             esc(&text(&b["rate_source"])),
             esc(&text(&b["waiting"])),
-            esc(&text(&b["local_429"])),
-            esc(&text(&b["amazon_429"])),
+            throttled(&b["local_429"], &b["local_429_last_secs_ago"]),
+            throttled(&b["amazon_429"], &b["amazon_429_last_secs_ago"]),
         );
     }
     h.push_str("</table></body></html>\n");
@@ -159,10 +167,22 @@ pub fn render(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn text_is_escaped() {
         assert_eq!(esc("<b a=\"1\">&'"), "&lt;b a=&quot;1&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn throttle_cells() {
+        for (count, last, want) in [
+            (json!(0), Value::Null, "0"),
+            (json!(3), json!(12), "3, last 12s ago"),
+            (json!(1), json!(3720), "1, last 1h 02m ago"),
+        ] {
+            assert_eq!(throttled(&count, &last), want);
+        }
     }
 
     #[test]

@@ -87,6 +87,17 @@ pub struct BucketView {
     pub waiting: usize,
     /// Where the rate came from.
     pub source: RateSource,
+    /// How long ago the proxy last refused a request here with its own 429.
+    pub last_local_429: Option<Duration>,
+    /// How long ago Amazon last answered 429 here.
+    pub last_amazon_429: Option<Duration>,
+}
+
+/// When a bucket last saw a 429 of each kind, for the status page.
+#[derive(Debug, Default, Clone, Copy)]
+struct Recent {
+    local: Option<Instant>,
+    amazon: Option<Instant>,
 }
 
 struct Bucket {
@@ -102,6 +113,8 @@ struct Bucket {
     waiting: AtomicUsize,
     /// Wakes the head when the rate changes, so it need not sleep to a stale deadline.
     changed: Notify,
+    /// Touched only on a 429, never on the way to a token.
+    recent: Mutex<Recent>,
 }
 
 /// Counts a queued request; the count drops however the wait ends (token, timeout, hang-up).
@@ -135,9 +148,20 @@ impl Bucket {
         }
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The proxy's own 429 for this bucket: noted for the status page, and handed back.
+    fn refuse(&self, wait: Duration, reason: String) -> ProxyError {
+        self.recent().local = Some(Instant::now());
+        refuse(wait, reason)
+    }
+
     /// Amazon throttled us anyway: someone else is using the quota. Empty the bucket and halve
     /// the rate until Amazon's header says otherwise.
     fn throttled(&self) {
+        self.recent().amazon = Some(Instant::now());
         let rate = self.tokens.rate().0 / 2.0;
         self.set_rate(rate.max(1e-4), RateSource::Throttled);
         self.tokens.drain();
@@ -234,6 +258,7 @@ impl Limiter {
             queue: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
             changed: Notify::new(),
+            recent: Mutex::default(),
         });
         buckets.insert(bucket_key, Arc::clone(&bucket));
         bucket
@@ -256,14 +281,14 @@ impl Limiter {
     fn refuse_early(&self, bucket: &Bucket, max_wait: Duration) -> Result<(), ProxyError> {
         let ahead = bucket.waiting.load(Ordering::SeqCst);
         if ahead >= self.settings.load().max_queue {
-            return Err(refuse(
+            return Err(bucket.refuse(
                 bucket.estimate(ahead),
                 format!("{} requests already wait for {}", ahead, bucket.label),
             ));
         }
         let estimate = bucket.estimate(ahead);
         if estimate > max_wait {
-            return Err(refuse(
+            return Err(bucket.refuse(
                 estimate,
                 format!(
                     "{} would wait about {:.1} s for quota, longer than the {:.1} s allowed",
@@ -294,7 +319,7 @@ impl Limiter {
         self.refuse_early(&bucket, max_wait)?;
         let _place = Place::take(&bucket.waiting);
         let Ok(head) = tokio::time::timeout_at(deadline, bucket.queue.lock()).await else {
-            return Err(refuse(
+            return Err(bucket.refuse(
                 bucket.estimate(bucket.waiting.load(Ordering::SeqCst)),
                 format!(
                     "{} did not get quota within {:.1} s",
@@ -314,7 +339,7 @@ impl Limiter {
                 }
                 Err(next) if next > deadline => {
                     drop(head);
-                    return Err(refuse(
+                    return Err(bucket.refuse(
                         next - Instant::now(),
                         format!(
                             "{} did not get quota within {:.1} s",
@@ -363,6 +388,9 @@ impl Limiter {
             .into_iter()
             .map(|(k, b)| {
                 let (rate, source) = b.tokens.rate();
+                let recent = *b.recent();
+                let now = Instant::now();
+                let ago = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
                 let operation = match k.op {
                     Some(i) => catalog.operations()[i].qualified(),
                     None if b.label.starts_with("sandbox") => "sandbox".into(),
@@ -378,6 +406,8 @@ impl Limiter {
                     tokens: b.tokens.available(),
                     waiting: b.waiting.load(Ordering::SeqCst),
                     source,
+                    last_local_429: ago(recent.local),
+                    last_amazon_429: ago(recent.amazon),
                 }
             })
             .collect();
@@ -446,6 +476,26 @@ mod tests {
     }
 
     const CATALOG_ITEM: &str = "[operations.getCatalogItem]\nrate = 2.0\nburst = 2\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn buckets_remember_when_they_last_saw_each_429() {
+        let l = limiter(CATALOG_ITEM);
+        let item = op("getCatalogItem");
+        let view = |l: &Limiter| l.views().into_iter().next().unwrap();
+        for _ in 0..2 {
+            l.acquire(&k(), item, Duration::ZERO).await.unwrap();
+        }
+        let v = view(&l);
+        assert_eq!((v.last_local_429, v.last_amazon_429), (None, None));
+
+        assert!(l.acquire(&k(), item, Duration::ZERO).await.is_err());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        l.throttled(&k(), item);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let v = view(&l);
+        assert_eq!(v.last_local_429, Some(Duration::from_secs(7)));
+        assert_eq!(v.last_amazon_429, Some(Duration::from_secs(2)));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_steady_rate() {

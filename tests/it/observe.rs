@@ -267,7 +267,8 @@ async fn the_status_page_shows_buckets_tokens_and_sellers_but_no_secret() {
         .find(|r| r.contains("ordersV0.getOrders"))
         .unwrap();
     assert!(
-        row.contains("0.0 / 1</td><td>0.0167</td><td>amazon</td><td>0</td><td>1</td><td>0</td>"),
+        row.contains("0.0 / 1</td><td>0.0167</td><td>amazon</td><td>0</td><td>1, last ")
+            && row.ends_with("s ago</td><td>0</td></tr>"),
         "{row}"
     );
     for token in h.sim.issued_tokens() {
@@ -404,9 +405,11 @@ async fn the_status_page_in_a_headless_browser() {
             .unwrap_or_default()
     };
     let buckets = rows("#buckets tr.bucket").await.unwrap();
-    // seller, region, operation, fill, rate, source, waiting, local 429s, Amazon 429s.
+    // seller, region, operation, fill, rate, source, waiting, local 429s (and when the last
+    // was), Amazon 429s.
+    let row = orders(&buckets);
     assert!(
-        orders(&buckets).ends_with("0.0 / 1 0.0167 amazon 0 1 0"),
+        row.contains("0.0 / 1 0.0167 amazon 0 1, last ") && row.ends_with("s ago 0"),
         "{buckets:?}"
     );
     assert!(
@@ -429,7 +432,7 @@ async fn the_status_page_in_a_headless_browser() {
         loop {
             // Mid-reload, the rows read may vanish under the driver: read again.
             if let Ok(buckets) = rows("#buckets tr.bucket").await {
-                if orders(&buckets).ends_with(" 2 0") {
+                if orders(&buckets).contains(" amazon 0 2, last ") {
                     return buckets;
                 }
             }
