@@ -6,7 +6,7 @@
 //! classes, token kinds. Never a path, an id or a value a client chose.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,6 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::operations::Operation;
 
 /// A request as counted: whose, which operation, how it ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,6 +115,12 @@ pub struct Metrics {
     pub bucket_waiting: Family<BucketLabels, Gauge>,
     /// Open client connections.
     pub client_connections: Gauge,
+    /// The histograms' series per catalog operation (the last slot for `-`), resolved once:
+    /// looking a series up in its family hashes the labels under a lock on every request.
+    upstream_by_op: Box<[OnceLock<Histogram>]>,
+    queue_wait_by_op: Box<[OnceLock<Histogram>]>,
+    /// The cache-hit series of each token kind, likewise.
+    cache_hits_by_kind: [(&'static str, Counter); 3],
 }
 
 impl Metrics {
@@ -135,7 +143,19 @@ impl Metrics {
             bucket_waiting: Family::default(),
             client_connections: Gauge::default(),
             registry: Registry::default(),
+            upstream_by_op: per_operation(),
+            queue_wait_by_op: per_operation(),
+            cache_hits_by_kind: Default::default(),
         };
+        let mut m = m;
+        m.cache_hits_by_kind = ["lwa", "rdt", "grantless"].map(|kind| {
+            (
+                kind,
+                m.token_cache_hits
+                    .get_or_create(&KindLabels { kind })
+                    .clone(),
+            )
+        });
         registry.register(
             "requests",
             "Requests answered, by seller, API, operation and status class",
@@ -228,24 +248,27 @@ impl Metrics {
     }
 
     /// Records the wait for quota.
-    pub fn queued(&self, operation: &'static str, waited: Duration) {
-        self.queue_wait_seconds
-            .get_or_create(&OpLabels { operation })
-            .observe(waited.as_secs_f64());
+    pub fn queued(&self, op: Option<&'static Operation>, waited: Duration) {
+        series(&self.queue_wait_seconds, &self.queue_wait_by_op, op).observe(waited.as_secs_f64());
     }
 
     /// Records the upstream's time to response headers.
-    pub fn upstream(&self, operation: &'static str, took: Duration) {
-        self.upstream_seconds
-            .get_or_create(&OpLabels { operation })
-            .observe(took.as_secs_f64());
+    pub fn upstream(&self, op: Option<&'static Operation>, took: Duration) {
+        series(&self.upstream_seconds, &self.upstream_by_op, op).observe(took.as_secs_f64());
     }
 
     /// Counts a token served from a cache.
     pub fn cache_hit(&self, kind: &'static str) {
-        self.token_cache_hits
-            .get_or_create(&KindLabels { kind })
-            .inc();
+        match self.cache_hits_by_kind.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                self.token_cache_hits
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+            }
+        }
     }
 
     /// Counts a failed token call.
@@ -260,6 +283,25 @@ impl Metrics {
             .get_or_create(&FailureLabels { service, reason })
             .inc();
     }
+}
+
+/// One empty slot per catalog operation, and one for requests that matched none.
+fn per_operation() -> Box<[OnceLock<Histogram>]> {
+    let n = crate::operations::Catalog::builtin().operations().len() + 1;
+    (0..n).map(|_| OnceLock::new()).collect()
+}
+
+/// `op`'s series in `family`, from `cache` after the first time.
+fn series<'a>(
+    family: &Seconds,
+    cache: &'a [OnceLock<Histogram>],
+    op: Option<&'static Operation>,
+) -> &'a Histogram {
+    let slot = op.map_or(cache.len() - 1, |o| o.index.min(cache.len() - 1));
+    cache[slot].get_or_init(|| {
+        let operation = op.map_or("-", |o| o.id.as_str());
+        family.get_or_create(&OpLabels { operation }).clone()
+    })
 }
 
 /// The process's metrics.

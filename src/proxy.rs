@@ -553,7 +553,7 @@ impl Proxy {
             .await?;
         facts.queued = queued;
         if self.limiter.enabled() {
-            metrics::metrics().queued(op.map_or("-", |o| o.id.as_str()), queued);
+            metrics::metrics().queued(op, queued);
         }
         if !queued.is_zero() {
             // A long wait may have aged the token: ask again (a cache hit unless it was
@@ -719,8 +719,7 @@ impl Proxy {
             (sent, _) => sent?,
         };
         let m = metrics::metrics();
-        let operation = ctx.op.map_or("-", |o| o.id.as_str());
-        m.upstream(operation, sending.elapsed());
+        m.upstream(ctx.op, sending.elapsed());
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             m.amazon_throttled.get_or_create(&ctx.labels()).inc();
