@@ -121,6 +121,11 @@ pub struct Metrics {
     queue_wait_by_op: Box<[OnceLock<Histogram>]>,
     /// The cache-hit series of each token kind, likewise.
     cache_hits_by_kind: [(&'static str, Counter); 3],
+    /// The request series seen so far, hashed with foldhash: the family's own map hashes its
+    /// labels with SipHash under a lock on every request.
+    requests_seen: std::sync::Mutex<
+        std::collections::HashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
+    >,
 }
 
 impl Metrics {
@@ -146,6 +151,7 @@ impl Metrics {
             upstream_by_op: per_operation(),
             queue_wait_by_op: per_operation(),
             cache_hits_by_kind: Default::default(),
+            requests_seen: Default::default(),
         };
         let mut m = m;
         m.cache_hits_by_kind = ["lwa", "rdt", "grantless"].map(|kind| {
@@ -243,8 +249,15 @@ impl Metrics {
     }
 
     /// Counts an answered request.
-    pub fn request(&self, labels: &RequestLabels) {
-        self.requests.get_or_create(labels).inc();
+    pub fn request(&self, labels: RequestLabels) {
+        let mut seen = self.requests_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = seen.get(&labels) {
+            counter.inc();
+            return;
+        }
+        let counter = self.requests.get_or_create(&labels).clone();
+        counter.inc();
+        seen.insert(labels, counter);
     }
 
     /// Records the wait for quota.

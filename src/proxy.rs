@@ -34,6 +34,9 @@ pub const MAX_WAIT_HEADER: http::HeaderName = http::HeaderName::from_static("x-s
 /// Response header: how long the request waited for quota, in milliseconds.
 pub const QUEUED_MS_HEADER: &str = "x-spapi-proxy-queued-ms";
 
+/// Amazon's id for an answer, logged with each request.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-amzn-requestid");
+
 /// getReport/getReports answers up to this size are read to learn report document types.
 const MAX_LEARNED_BODY: u64 = 4 * 1024 * 1024;
 
@@ -315,19 +318,21 @@ impl Proxy {
         let started = Instant::now();
         let state = self.state.load_full();
         let method = req.method().clone();
-        let full_path = req.uri().path();
+        // A clone shares the target's bytes (no copy), and outlives `req`, which moves on.
+        let uri = req.uri().clone();
+        let full_path = uri.path();
         let own = full_path.starts_with("/_proxy/");
         // `/_seller/NAME/...` names the seller for tools that cannot set headers; what follows
         // the prefix is what is matched and forwarded.
         let prefixed = seller_prefix(full_path);
-        let path = match &prefixed {
-            Some(Ok((_, rest))) => rest.to_string(),
-            _ => full_path.to_string(),
+        let path: &str = match &prefixed {
+            Some(Ok((_, rest))) => rest,
+            _ => full_path,
         };
         let op = if own {
             None
         } else {
-            self.catalog.find(&method, &path)
+            self.catalog.find(&method, path)
         };
         // Everything logged while the request runs (token fetches, mints, waits) carries these
         // at debug level; at info the span costs nothing, and the summary line below says it.
@@ -339,7 +344,7 @@ impl Proxy {
         );
         let mut cors_origin = None;
         let mut facts = Facts::default();
-        let result = match self.admit(&state, &req, &path, &mut cors_origin) {
+        let result = match self.admit(&state, &req, path, &mut cors_origin) {
             Err(e) => Err(e),
             Ok(Admitted::Preflight(preflight)) => Ok(preflight),
             Ok(Admitted::Key(key)) if own => {
@@ -385,7 +390,7 @@ impl Proxy {
         }
         let status = response.status().as_u16();
         if !own {
-            m.request(&metrics::RequestLabels {
+            m.request(metrics::RequestLabels {
                 seller: facts.seller.clone().unwrap_or_else(no_seller),
                 api: op.map_or("-", |o| o.api.as_str()),
                 operation: op.map_or("-", |o| o.id.as_str()),
@@ -393,8 +398,8 @@ impl Proxy {
             });
         }
         tracing::info!(
-            %method,
-            %path,
+            method = method.as_str(),
+            path,
             seller = facts.seller.as_deref().unwrap_or("-"),
             op = op.map_or("-", |o| o.id.as_str()),
             status,
@@ -404,7 +409,7 @@ impl Proxy {
             pii = facts.pii.map_or("-", |p| p.header_value()),
             request_id = response
                 .headers()
-                .get("x-amzn-requestid")
+                .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
             "request"
