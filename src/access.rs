@@ -154,28 +154,31 @@ impl Access {
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         let h = resp.headers_mut();
-        h.insert("access-control-allow-origin", origin);
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(
-            "access-control-allow-methods",
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
         );
         h.insert(
-            "access-control-allow-headers",
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(
                 "authorization, content-type, x-spapi-proxy-key, x-spapi-data-elements, \
                  x-spapi-max-wait, x-spapi-restricted",
             ),
         );
-        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+        h.insert(
+            http::header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         h.insert(http::header::VARY, HeaderValue::from_static("Origin"));
         resp
     }
 
     /// CORS headers on an answer to an allowed origin.
     pub fn cors(origin: HeaderValue, headers: &mut HeaderMap) {
-        headers.insert("access-control-allow-origin", origin);
+        headers.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.insert(
-            "access-control-expose-headers",
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED),
         );
         headers.append(http::header::VARY, HeaderValue::from_static("Origin"));
@@ -184,7 +187,7 @@ impl Access {
 
 /// Whether a request is a CORS preflight.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
-    method == Method::OPTIONS && headers.contains_key("access-control-request-method")
+    method == Method::OPTIONS && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// The host part of `host[:port]`, `[v6]:port` or `[v6]`.

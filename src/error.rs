@@ -6,7 +6,8 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::body::{full, ProxyBody};
 
 /// Header on every response the proxy makes itself, so clients can tell it from Amazon's.
-pub const PROXY_ERROR_HEADER: &str = "x-spapi-proxy-error";
+pub const PROXY_ERROR_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-spapi-proxy-error");
 
 /// Why the token service (LWA or the Tokens API) did not give us a token.
 #[derive(Debug, Clone, thiserror::Error)]

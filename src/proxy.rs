@@ -32,7 +32,8 @@ const MAX_INSPECTED_403: u64 = 64 * 1024;
 pub const MAX_WAIT_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-max-wait");
 
 /// Response header: how long the request waited for quota, in milliseconds.
-pub const QUEUED_MS_HEADER: &str = "x-spapi-proxy-queued-ms";
+pub const QUEUED_MS_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-spapi-proxy-queued-ms");
 
 /// Amazon's id for an answer, logged with each request.
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-amzn-requestid");
@@ -120,6 +121,10 @@ struct State {
     auth: Auth,
     /// One upstream pool per region.
     forwarders: [Forwarder; 3],
+    /// Each operation's token plan for a request that names no dataElements, decided on first
+    /// use (it follows from this config alone), so the request path clones an `Arc` instead
+    /// of building the plan's strings again. Plans naming the request's own path are not kept.
+    plans: Box<[OnceLock<TokenPlan>]>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -184,6 +189,39 @@ enum Upstream {
 }
 
 impl State {
+    /// The token plan for a request to `op` at `path` naming `requested` dataElements, if any.
+    fn plan(
+        &self,
+        op: Option<&'static Operation>,
+        path: &str,
+        requested: Option<&str>,
+    ) -> Result<TokenPlan, ProxyError> {
+        let config = &self.config;
+        let decide = || {
+            auth::plan(
+                op,
+                path,
+                requested,
+                op.and_then(|o| config.operations.get(&o.index))
+                    .and_then(|s| s.data_elements.as_deref()),
+                op.map_or(config.restricted_data, |o| config.restricted_data_for(o)),
+            )
+        };
+        match op {
+            Some(o) if requested.is_none() && !auth::plan_depends_on_path(o) => {
+                let Some(slot) = self.plans.get(o.index) else {
+                    return decide();
+                };
+                if let Some(plan) = slot.get() {
+                    return Ok(plan.clone());
+                }
+                let plan = decide()?;
+                Ok(slot.get_or_init(|| plan).clone())
+            }
+            _ => decide(),
+        }
+    }
+
     /// The state `config` describes, reusing what `previous` already holds where the config
     /// did not change it (tokens, upstream connections).
     fn new(
@@ -215,6 +253,11 @@ impl State {
             })
         };
         Ok(State {
+            plans: Catalog::builtin()
+                .operations()
+                .iter()
+                .map(|_| OnceLock::new())
+                .collect(),
             access: Access::new(&config),
             forwarders: [
                 forwarder(Region::Na)?,
@@ -478,14 +521,7 @@ impl Proxy {
         let own = OwnHeaders::read(&parts.headers)?;
 
         // 1. Which token: decided before any I/O, so a request we refuse costs no token call.
-        let plan = auth::plan(
-            op,
-            path,
-            own.data_elements,
-            op.and_then(|o| config.operations.get(&o.index))
-                .and_then(|s| s.data_elements.as_deref()),
-            op.map_or(config.restricted_data, |o| config.restricted_data_for(o)),
-        )?;
+        let plan = state.plan(op, path, own.data_elements)?;
         let restricted = restricted_header(own.restricted)?;
         let max_wait = self.max_wait(config, own.max_wait)?;
         let deadline = Instant::now() + max_wait;
@@ -731,8 +767,10 @@ impl Proxy {
         } else if status.is_server_error() {
             m.amazon_errors.get_or_create(&ctx.labels()).inc();
         }
-        if let Some(rate) = limiter::rate_header(resp.headers()) {
-            self.limiter.observe_rate(&ctx.key, ctx.op, rate);
+        if self.limiter.enabled() {
+            if let Some(rate) = limiter::rate_header(resp.headers()) {
+                self.limiter.observe_rate(&ctx.key, ctx.op, rate);
+            }
         }
         Ok(Upstream::Streaming(resp))
     }
@@ -1273,4 +1311,61 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Proxy
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plans kept per operation are the plans: for every operation, two requests with
+    /// different ids get what `auth::plan` decides for each (a plan naming the request's own
+    /// path must not be served from the first request's).
+    #[tokio::test]
+    async fn kept_plans_are_what_plan_decides() {
+        let env = |k: &str| match k {
+            "SPAPI_CLIENT_ID" => Some("amzn1.application-oa2-client.test".to_string()),
+            "SPAPI_CLIENT_SECRET" => Some("secret".to_string()),
+            "SPAPI_REFRESH_TOKEN" => Some("Atzr|test".to_string()),
+            _ => None,
+        };
+        let toml = "restricted_data = \"always\"\n[operations.ordersV0.getOrder]\ndata_elements = [\"buyerInfo\"]\n";
+        let config = Config::from_toml_str(toml, "t.toml", &env).unwrap();
+        let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(&config)));
+        let state = State::new(config, &limiter, None).unwrap();
+        let config = Arc::clone(&state.config);
+        let mut path_bound = 0;
+        for op in Catalog::builtin().operations() {
+            for id in ["first", "second"] {
+                let path = op.template.replace('{', id).replace('}', "");
+                let want = auth::plan(
+                    Some(op),
+                    &path,
+                    None,
+                    config
+                        .operations
+                        .get(&op.index)
+                        .and_then(|s| s.data_elements.as_deref()),
+                    config.restricted_data_for(op),
+                );
+                let got = state.plan(Some(op), &path, None);
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{want:?}"),
+                    "{} at {path}",
+                    op.id
+                );
+            }
+            path_bound += usize::from(auth::plan_depends_on_path(op));
+        }
+        assert!(path_bound > 0, "some plans name the request's path");
+        // A request naming dataElements is decided afresh.
+        let order = Catalog::builtin()
+            .by_qualified("ordersV0", "getOrder")
+            .unwrap();
+        let named = state.plan(Some(order), "/orders/v0/orders/1", Some("shippingAddress"));
+        let Ok(TokenPlan::Rdt { resource, .. }) = named else {
+            panic!("{named:?}");
+        };
+        assert_eq!(resource.data_elements, ["shippingAddress"]);
+    }
 }

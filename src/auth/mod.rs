@@ -43,7 +43,7 @@ pub const REGION_HEADER: http::HeaderName = http::HeaderName::from_static("x-spa
 
 /// Response header on operations that may carry personal data: `included` when the request
 /// went with an RDT, `omitted` when it went with the LWA token instead.
-pub const PII_HEADER: &str = "x-spapi-proxy-pii";
+pub const PII_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-proxy-pii");
 
 /// Whether the answer can hold personal data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub enum TokenSource {
     /// A grantless token for this scope.
     Grantless(String),
     /// An RDT for this resource.
-    Rdt(RdtResource),
+    Rdt(Arc<RdtResource>),
 }
 
 impl TokenSource {
@@ -440,8 +440,8 @@ pub enum TokenPlan {
     LwaNoPii,
     /// An RDT for this restricted resource.
     Rdt {
-        /// What the RDT is asked for.
-        resource: RdtResource,
+        /// What the RDT is asked for (shared: a default plan is cached per operation).
+        resource: Arc<RdtResource>,
         /// What happens when Amazon says the application has no role for the dataElements.
         on_refusal: OnRefusal,
     },
@@ -475,6 +475,16 @@ pub enum OnRefusal {
 /// Header naming the dataElements for one request, e.g. `buyerInfo,shippingAddress`.
 pub const DATA_ELEMENTS_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-spapi-data-elements");
+
+/// Whether `op`'s plan names the request's own path (an RDT for one specific resource, or a
+/// report document), so that it cannot be decided once for every request.
+pub fn plan_depends_on_path(op: &Operation) -> bool {
+    match &op.auth {
+        AuthKind::RdtConditional => true,
+        AuthKind::Rdt(spec) => !spec.generic,
+        AuthKind::Lwa | AuthKind::Grantless { .. } => false,
+    }
+}
 
 /// Decides the token for a request to `op` at `path` (no query).
 ///
@@ -550,7 +560,7 @@ pub fn plan(
                 (true, false, RestrictedData::Auto) => OnRefusal::FallBack,
             };
             Ok(TokenPlan::Rdt {
-                resource: RdtResource {
+                resource: Arc::new(RdtResource {
                     method: op.method.to_string(),
                     path: if spec.generic {
                         op.template.clone()
@@ -558,7 +568,7 @@ pub fn plan(
                         path.to_string()
                     },
                     data_elements: elements,
-                },
+                }),
                 on_refusal,
             })
         }
@@ -578,11 +588,11 @@ mod tests {
     #[test]
     fn plan_table() {
         let rdt = |path: &str, els: &[&str], on_refusal| TokenPlan::Rdt {
-            resource: RdtResource {
+            resource: Arc::new(RdtResource {
                 method: "GET".into(),
                 path: path.into(),
                 data_elements: els.iter().map(|s| s.to_string()).collect(),
-            },
+            }),
             on_refusal,
         };
         let configured = vec!["shippingAddress".to_string()];

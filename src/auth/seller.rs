@@ -2,7 +2,7 @@
 //! and report documents, and whether its refresh token still works.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -151,11 +151,11 @@ impl SellerAuth {
                 if restricted.or_else(|| self.reports.is_restricted(document)) != Some(true) {
                     return self.seller_chosen(None).await;
                 }
-                let resource = RdtResource {
+                let resource = Arc::new(RdtResource {
                     method: "GET".into(),
                     path: path.clone(),
                     data_elements: Vec::new(),
-                };
+                });
                 match policy {
                     RestrictedData::Never => self.seller_chosen(Some(Pii::Omitted)).await,
                     RestrictedData::Always => {
@@ -181,7 +181,7 @@ impl SellerAuth {
     /// what `on_refusal` says. A refusal is remembered so that it is not asked again for a while.
     async fn rdt_or_fallback(
         &self,
-        resource: &RdtResource,
+        resource: &Arc<RdtResource>,
         on_refusal: OnRefusal,
     ) -> Result<Chosen, ProxyError> {
         let learnt = match on_refusal {
@@ -199,7 +199,7 @@ impl SellerAuth {
                     Ok(token) => {
                         return Ok(Chosen {
                             token,
-                            source: TokenSource::Rdt(resource.clone()),
+                            source: TokenSource::Rdt(Arc::clone(resource)),
                             pii: Some(Pii::Included),
                         })
                     }
