@@ -38,7 +38,14 @@ fn table() -> &'static [(&'static str, Region)] {
 
 /// The region of a marketplace id, if it is one Amazon lists.
 pub fn of_marketplace(id: &str) -> Option<Region> {
-    table().iter().find(|(m, _)| *m == id).map(|&(_, r)| r)
+    of_marketplace_bytes(id.as_bytes())
+}
+
+fn of_marketplace_bytes(id: &[u8]) -> Option<Region> {
+    table()
+        .iter()
+        .find(|(m, _)| m.as_bytes() == id)
+        .map(|&(_, r)| r)
 }
 
 /// The region all of `ids` belong to: `Ok(None)` for none (or only unknown ids), an error
@@ -75,27 +82,39 @@ pub fn from_query(query: Option<&str>) -> Result<Option<Region>, ProxyError> {
     let Some(query) = query else {
         return Ok(None);
     };
+    // Bytes, not `str::split`: this runs on every request, and the pieces are short.
     let mut region = None;
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !QUERY_NAMES.contains(&name) {
+    let mut note = |id: &[u8]| match (region, of_marketplace_bytes(id.trim_ascii())) {
+        (_, None) => Ok(()),
+        (None, Some(r)) => {
+            region = Some(r);
+            Ok(())
+        }
+        (Some(a), Some(b)) if a == b => Ok(()),
+        // Two regions: the slow path names every marketplace in the error.
+        _ => Err(()),
+    };
+    for pair in query.as_bytes().split(|&b| b == b'&') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        if !QUERY_NAMES.iter().any(|n| n.as_bytes() == name) {
             continue;
         }
-        let value: std::borrow::Cow<'_, str> = if value.contains(['%', '+']) {
-            form_urlencoded::parse(pair.as_bytes())
+        let noted = if value.iter().any(|&b| b == b'%' || b == b'+') {
+            let decoded = form_urlencoded::parse(pair)
                 .next()
-                .map_or_else(Default::default, |(_, v)| v)
+                .map_or_else(Default::default, |(_, v)| v);
+            decoded
+                .as_bytes()
+                .split(|&b| b == b',')
+                .try_for_each(&mut note)
         } else {
-            value.into()
+            value.split(|&b| b == b',').try_for_each(&mut note)
         };
-        for id in value.split(',') {
-            match (region, of_marketplace(id.trim())) {
-                (_, None) => {}
-                (None, Some(r)) => region = Some(r),
-                (Some(a), Some(b)) if a == b => {}
-                // Two regions: the slow path names every marketplace in the error.
-                _ => return mixed(query),
-            }
+        if noted.is_err() {
+            return mixed(query);
         }
     }
     Ok(region)
@@ -156,7 +175,7 @@ mod tests {
 
     #[test]
     fn query_table() {
-        let cases: [(&str, Option<Option<Region>>); 9] = [
+        let cases: [(&str, Option<Option<Region>>); 14] = [
             ("", Some(None)),
             ("CreatedAfter=2024-01-01", Some(None)),
             ("MarketplaceIds=ATVPDKIKX0DER", Some(Some(Region::Na))),
@@ -175,6 +194,11 @@ mod tests {
                 None,
             ),
             ("MarketplaceIds=UNKNOWN", Some(None)),
+            ("MarketplaceIds=+A1PA6795UKMFR9", Some(Some(Region::Eu))),
+            ("MarketplaceIds", Some(None)),
+            ("&&MarketplaceIds=&x=1", Some(None)),
+            ("marketplaceIds=ATVPDKIKX0DER,%20A1F83G8C2ARO7P", None),
+            ("MarketplaceIdsX=A1PA6795UKMFR9", Some(None)),
         ];
         for (query, want) in cases {
             let got = from_query(Some(query));
