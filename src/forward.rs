@@ -605,9 +605,15 @@ mod tests {
         h
     }
 
+    /// Headers given, and the names left after stripping.
+    type StripCase = (
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
+    );
+
     #[test]
     fn hop_by_hop_strip_table() {
-        let cases: [(&[(&str, &str)], &[&str]); 7] = [
+        let cases: [StripCase; 7] = [
             (&[("content-type", "application/json")], &["content-type"]),
             (
                 &[
