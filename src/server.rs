@@ -244,8 +244,12 @@ async fn drive<C: Graceful>(
     if stopping {
         conn.as_mut().graceful();
     }
+    // One timer, one shed notice and one stop notice for the connection's life, made once: a
+    // deadline that moves later (every request moves it) only updates the timer in place.
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(state.deadline(settings)));
+    let mut shed = std::pin::pin!(state.shed.notified());
+    let mut stopped = std::pin::pin!(stop.changed());
     loop {
-        let deadline = state.deadline(settings);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -253,18 +257,24 @@ async fn drive<C: Graceful>(
                 }
                 break;
             }
-            () = tokio::time::sleep_until(deadline), if !stopping => {
+            () = sleep.as_mut(), if !stopping => {
                 if state.expired(settings) {
                     tracing::debug!("closing a client connection: header_read or client_idle passed");
                     break;
                 }
+                sleep.as_mut().reset(state.deadline(settings));
             }
-            () = state.wake.notified() => {}
-            () = state.shed.notified(), if !stopping => {
+            () = state.wake.notified() => {
+                let deadline = state.deadline(settings);
+                if deadline != sleep.deadline() {
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+            () = shed.as_mut(), if !stopping => {
                 tracing::debug!("closing an idle client connection to make room");
                 break;
             }
-            changed = stop.changed(), if !stopping => {
+            changed = stopped.as_mut(), if !stopping => {
                 // The sender is gone or said stop: either way, finish what is in flight.
                 let _ = changed;
                 stopping = true;
