@@ -67,10 +67,9 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
         }
         i += 1;
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (n, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && n != last {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err(bad("the path has an empty segment (`//`)"));
         }
         if is_dot_segment(segment) {
@@ -84,27 +83,39 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
 
 /// RFC 3986 `pchar` minus `%` (handled as an escape): unreserved, sub-delims, `:` and `@`.
 fn is_pchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-        )
+    PCHAR[usize::from(b)]
 }
+
+/// `is_pchar` as a table: every byte of every path is looked up.
+static PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// `.` or `..`, where each dot may also be written `%2e` or `%2E`.
 fn is_dot_segment(segment: &str) -> bool {
