@@ -685,9 +685,14 @@ impl Proxy {
         // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
         let mut response = upstream.into_response();
         let headers = response.headers_mut();
+        let queued_ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);
         headers.insert(
             QUEUED_MS_HEADER,
-            http::HeaderValue::from(u64::try_from(queued.as_millis()).unwrap_or(u64::MAX)),
+            match queued_ms {
+                // The usual answer, without formatting (and allocating) a number.
+                0 => http::HeaderValue::from_static("0"),
+                ms => http::HeaderValue::from(ms),
+            },
         );
         if let Some(pii) = chosen.pii {
             headers.insert(
