@@ -382,7 +382,12 @@ impl Pool {
             .call(self.origin.clone())
             .await
             .map_err(|e| ProxyError::Upstream(describe(&*e)))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        // hyper's read buffer grows to 400 KiB by default while a body streams fast, and the
+        // allocator keeps what it grew to: 64 KiB streams as fast here (measured) and holds
+        // RSS near flat. Amazon's response heads are a few KiB.
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(64 * 1024)
+            .handshake(io)
             .await
             .map_err(|e| ProxyError::Upstream(describe(&e)))?;
         tokio::spawn(async move {

@@ -170,7 +170,9 @@ async fn serve_connection(
         let state = Arc::clone(&service_state);
         state.request_started();
         async move {
-            let response = proxy.handle(req).await;
+            // Boxed: hyper keeps room for one request's future in every connection, idle or
+            // not, and this one is several KiB; boxed, an idle connection holds a pointer.
+            let response = Box::pin(proxy.handle(req)).await;
             let (parts, body) = response.into_parts();
             let body = InFlight {
                 body,
