@@ -491,6 +491,8 @@ async fn demo(listen: SocketAddr) -> ExitCode {
 
 /// mimalloc: the request path allocates and frees many small blocks (header maps, bodies,
 /// futures). With `bench/run`, getOrders took 60,630 instructions per request on glibc's malloc
-/// and 58,633 on mimalloc.
+/// and 58,633 on mimalloc. It is built with `no_thp`: with transparent huge pages, each arena
+/// touched early pulls in whole 2 MiB pages (RSS 38.3 MiB with 1,000 idle connections; 22.6
+/// without).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
