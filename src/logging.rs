@@ -86,6 +86,11 @@ pub fn write_timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result 
     w.write_char('Z')
 }
 
+thread_local! {
+    /// The line being built: written to the subscriber's writer in one call.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 impl<S, N> FormatEvent<S, N> for LeanText
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -97,74 +102,94 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        write_timestamp(&mut writer, SystemTime::now())?;
-        let level = meta.level().as_str();
-        writer.write_str(&"      "[..6 - level.len().min(5)])?;
-        writer.write_str(level)?;
-        writer.write_char(' ')?;
-        writer.write_str(meta.target())?;
-        writer.write_char(':')?;
-        // Spans (debug level and below): their fields, outermost first.
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                writer.write_char(' ')?;
-                writer.write_str(span.name())?;
-                if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
-                    if !fields.is_empty() {
-                        write!(writer, "{{{fields}}}")?;
-                    }
-                }
-                writer.write_char(':')?;
+        // The writer is a `dyn fmt::Write`: the line is built in a plain `String` and handed
+        // over once, rather than in a dozen dynamic calls per field.
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                format_line(ctx, event, &mut line)?;
+                writer.write_str(&line)
             }
-        }
-        let mut visitor = Fields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut visitor);
-        visitor.result?;
-        writer.write_char('\n')
+            // An event logged while a line is being formatted (from a field's `Debug`).
+            Err(_) => {
+                let mut line = String::new();
+                format_line(ctx, event, &mut line)?;
+                writer.write_str(&line)
+            }
+        })
     }
 }
 
-struct Fields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
+fn format_line<S, N>(
+    ctx: &FmtContext<'_, S, N>,
+    event: &Event<'_>,
+    line: &mut String,
+) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let meta = event.metadata();
+    write_timestamp(line, SystemTime::now())?;
+    let level = meta.level().as_str();
+    line.push_str(&"      "[..6 - level.len().min(5)]);
+    line.push_str(level);
+    line.push(' ');
+    line.push_str(meta.target());
+    line.push(':');
+    // Spans (debug level and below): their fields, outermost first.
+    if let Some(scope) = ctx.event_scope() {
+        for span in scope.from_root() {
+            line.push(' ');
+            line.push_str(span.name());
+            if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+                if !fields.is_empty() {
+                    write!(line, "{{{fields}}}")?;
+                }
+            }
+            line.push(':');
+        }
+    }
+    let mut visitor = Fields {
+        line,
+        result: Ok(()),
+    };
+    event.record(&mut visitor);
+    visitor.result?;
+    line.push('\n');
+    Ok(())
+}
+
+struct Fields<'a> {
+    line: &'a mut String,
+    /// A field's `Debug` can fail; the first failure is kept.
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn key(&mut self, field: &Field) -> fmt::Result {
-        self.writer.write_char(' ')?;
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.line.push(' ');
         if field.name() != "message" {
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')?;
+            self.line.push_str(field.name());
+            self.line.push('=');
         }
-        Ok(())
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| self.writer.write_str(value));
-        }
+        self.key(field);
+        self.line.push_str(value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_ok() {
-            self.result = self
-                .key(field)
-                .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
-        }
+        self.key(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.result.is_ok() {
-            self.result = self
-                .key(field)
-                .and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)));
-        }
+        self.key(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -172,10 +197,9 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
         if self.result.is_ok() {
-            self.result = self
-                .key(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
+            self.result = write!(self.line, "{value:?}");
         }
     }
 }
