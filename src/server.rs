@@ -93,7 +93,14 @@ pub async fn serve(
     let builder = Arc::new(if settings.h2c {
         Http::Auto(auto::Builder::new(TokioExecutor::new()))
     } else {
-        Http::One(hyper::server::conn::http1::Builder::new())
+        Http::One({
+            let mut b = hyper::server::conn::http1::Builder::new();
+            // An SP-API answer is a small head and a small body: copying the body behind the
+            // head and writing once costs less than queueing both for `writev` (400
+            // instructions per request, measured; 1 GiB still streams at the same pace).
+            b.writev(false);
+            b
+        })
     });
     let settings = Arc::new(settings);
     let registry = Arc::new(Registry::default());
