@@ -255,6 +255,9 @@ async fn drive<C: Graceful>(
     }
     // One timer, one shed notice and one stop notice for the connection's life, made once: a
     // deadline that moves later (every request moves it) only updates the timer in place.
+    // Nothing wakes the watchdog when a request finishes: that only ever moves the deadline
+    // later (`finished + client_idle` is after any deadline armed before it), so the timer
+    // firing at the old one looks again and re-arms.
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(state.deadline(settings)));
     let mut shed = std::pin::pin!(state.shed.notified());
     let mut stopped = std::pin::pin!(stop.changed());
@@ -272,12 +275,6 @@ async fn drive<C: Graceful>(
                     break;
                 }
                 sleep.as_mut().reset(state.deadline(settings));
-            }
-            () = state.wake.notified() => {
-                let deadline = state.deadline(settings);
-                if deadline != sleep.deadline() {
-                    sleep.as_mut().reset(deadline);
-                }
             }
             () = shed.as_mut(), if !stopping => {
                 tracing::debug!("closing an idle client connection to make room");
@@ -359,8 +356,6 @@ struct ConnState {
     head_started: AtomicU64,
     shedding: AtomicU64,
     shed: Notify,
-    /// Told when a request finishes, so the watchdog looks again at once.
-    wake: Notify,
 }
 
 impl ConnState {
@@ -374,7 +369,6 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             shedding: AtomicU64::new(0),
             shed: Notify::new(),
-            wake: Notify::new(),
         }
     }
 
@@ -404,7 +398,6 @@ impl ConnState {
     fn request_finished(&self) {
         self.last_active.store(self.now_ms(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.wake.notify_one();
     }
 
     /// When the connection should be looked at next.
