@@ -255,9 +255,10 @@ async fn drive<C: Graceful>(
     }
     // One timer, one shed notice and one stop notice for the connection's life, made once: a
     // deadline that moves later (every request moves it) only updates the timer in place.
-    // Nothing wakes the watchdog when a request finishes: that only ever moves the deadline
-    // later (`finished + client_idle` is after any deadline armed before it), so the timer
-    // firing at the old one looks again and re-arms.
+    // Nothing wakes the watchdog when a request finishes or bytes arrive (that would cost
+    // every request a wake-up): finishing only moves the deadline later (`finished +
+    // client_idle` is after any deadline armed before it), so the timer firing at the old one
+    // looks again and re-arms; see `next_look` for a head that starts between requests.
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(state.deadline(settings)));
     let mut shed = std::pin::pin!(state.shed.notified());
     let mut stopped = std::pin::pin!(stop.changed());
@@ -274,7 +275,7 @@ async fn drive<C: Graceful>(
                     tracing::debug!("closing a client connection: header_read or client_idle passed");
                     break;
                 }
-                sleep.as_mut().reset(state.deadline(settings));
+                sleep.as_mut().reset(state.next_look(settings));
             }
             () = shed.as_mut(), if !stopping => {
                 tracing::debug!("closing an idle client connection to make room");
@@ -417,6 +418,23 @@ impl ConnState {
             }
         };
         self.epoch + Duration::from_millis(at)
+    }
+
+    /// When the watchdog looks next: the deadline, but between requests no later than
+    /// `header_read` from now. A head that starts then has `header_read` from its first byte,
+    /// which is after that look, so the look finds and arms it on time.
+    fn next_look(&self, s: &ServerSettings) -> Instant {
+        let deadline = self.deadline(s);
+        let between_requests = self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+            && self.requests.load(Ordering::Relaxed) > 0;
+        if between_requests {
+            // A floor, so that a tiny `header_read` cannot make the watchdog spin.
+            let every = s.header_read.max(Duration::from_millis(100));
+            deadline.min(Instant::now() + every)
+        } else {
+            deadline
+        }
     }
 
     /// Whether the connection has had its time: no request in flight, and past its deadline.
@@ -590,6 +608,34 @@ mod tests {
         assert!(!c.expired(&s));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(c.expired(&s));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_requests_the_watchdog_looks_within_header_read() {
+        let c = ConnState::new(1);
+        let s = settings();
+        c.request_started();
+        c.request_finished();
+        let finished = Instant::now();
+        assert_eq!(c.deadline(&s), finished + Duration::from_secs(60));
+        assert_eq!(c.next_look(&s), finished + Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert_eq!(c.next_look(&s), finished + Duration::from_secs(35));
+        // A head starts: from here the look is its own deadline.
+        c.bytes_read();
+        let started = Instant::now();
+        assert_eq!(c.next_look(&s), started + Duration::from_secs(10));
+        // Near the idle deadline, that one is the earlier.
+        let c = ConnState::new(2);
+        c.request_started();
+        c.request_finished();
+        tokio::time::advance(Duration::from_secs(55)).await;
+        assert_eq!(c.next_look(&s), c.deadline(&s));
+        // Busy, or before the first request: the deadline itself.
+        c.request_started();
+        assert_eq!(c.next_look(&s), c.deadline(&s));
+        let fresh = ConnState::new(3);
+        assert_eq!(fresh.next_look(&s), fresh.deadline(&s));
     }
 
     #[test]

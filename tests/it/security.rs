@@ -294,6 +294,42 @@ async fn slow_silent_and_idle_clients_are_closed_on_time() {
 }
 
 #[tokio::test]
+async fn a_slow_head_after_a_keep_alive_request_gets_header_read_not_client_idle() {
+    let h = Harness::with_config("[timeouts]\nheader_read = 1\nclient_idle = 6").await;
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut conn = TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Idle for a while (past the watchdog's first look, well within client_idle), then the
+    // next head arrives a byte every 200 ms and never ends.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let head = b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for byte in head {
+        if conn.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let took = closed_after.expect("the slow head was cut off");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "closed after {took:?}: header_read is 1 s, client_idle 6 s"
+    );
+}
+
+#[tokio::test]
 async fn past_the_connection_cap_idle_connections_make_room() {
     let h = Harness::with_config("max_connections = 20").await;
     let addr = h.url.trim_start_matches("http://").to_string();
