@@ -441,6 +441,8 @@ impl Proxy {
             });
         }
         tracing::info!(
+            // A `str`, not a format string: recorded without the formatting machinery.
+            message = "request",
             method = method.as_str(),
             path,
             seller = facts.seller.as_deref().unwrap_or("-"),
@@ -455,7 +457,6 @@ impl Proxy {
                 .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-            "request"
         );
         response
     }
