@@ -427,11 +427,7 @@ fn list_or_none(items: &[String]) -> String {
 
 /// `spapi-proxy status`: what `/_proxy/status` says, as tables for a terminal.
 pub fn status_tables(status: &Value) -> String {
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    use crate::status_page::{bucket_seller, text, throttled};
     let token = |t: &Value| match (t["age_secs"].as_u64(), t["refresh_in_secs"].as_u64()) {
         (Some(a), Some(r)) => format!("age {a}s, refresh in {r}s"),
         _ => "none cached".into(),
@@ -491,10 +487,7 @@ pub fn status_tables(status: &Value) -> String {
         "AMAZON 429"
     ));
     for b in status["buckets"].as_array().into_iter().flatten() {
-        let seller = match &b["seller"] {
-            Value::Null => "(application)".to_string(),
-            v => text(v),
-        };
+        let seller = bucket_seller(b);
         out.push_str(&format!(
             "{:<20} {:<6} {:<48} {:>12} {:>9} {:<9} {:>7} {:>20} {:>20}\n",
             seller,
@@ -504,8 +497,8 @@ pub fn status_tables(status: &Value) -> String {
             text(&b["rate"]),
             text(&b["rate_source"]),
             text(&b["waiting"]),
-            crate::status_page::throttled(&b["local_429"], &b["local_429_last_secs_ago"]),
-            crate::status_page::throttled(&b["amazon_429"], &b["amazon_429_last_secs_ago"]),
+            throttled(&b["local_429"], &b["local_429_last_secs_ago"]),
+            throttled(&b["amazon_429"], &b["amazon_429_last_secs_ago"]),
         ));
     }
     out

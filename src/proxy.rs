@@ -935,11 +935,7 @@ impl Proxy {
         query: Option<&str>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let auth = &state.auth;
-        let named = query.and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "seller")
-                .map(|(_, v)| v.into_owned())
-        });
+        let named = seller_param(query);
         let sellers: Vec<&Arc<auth::Seller>> = match &named {
             Some(name) => auth.seller(Some(name), true)?.into_iter().collect(),
             None => auth.sellers(),
@@ -981,11 +977,7 @@ impl Proxy {
         query: Option<&str>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let auth = &state.auth;
-        let named = query.and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "seller")
-                .map(|(_, v)| v.into_owned())
-        });
+        let named = seller_param(query);
         let sellers: Vec<&Arc<auth::Seller>> = match &named {
             Some(name) => vec![auth
                 .seller(Some(name), true)?
@@ -1307,6 +1299,13 @@ impl Upstream {
         *response.headers_mut() = headers;
         response
     }
+}
+
+/// The `seller` parameter of a `/_proxy/*` query (`ready`, `tokens/refresh`).
+fn seller_param(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "seller")
+        .map(|(_, v)| v.into_owned())
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {

@@ -25,11 +25,20 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn text(v: &Value) -> String {
+/// A status value as text: strings bare, `null` as `-`. Shared with `spapi-proxy status`.
+pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
+    }
+}
+
+/// A bucket's seller; grantless buckets belong to the application.
+pub fn bucket_seller(b: &Value) -> String {
+    match &b["seller"] {
+        Value::Null => "(application)".to_string(),
+        v => text(v),
     }
 }
 
@@ -141,10 +150,7 @@ pub fn render(status: &Value) -> String {
         let tokens = b["tokens_available"].as_f64().unwrap_or(0.0);
         let burst = b["burst"].as_f64().unwrap_or(1.0).max(1.0);
         let pct = (tokens / burst * 100.0).clamp(0.0, 100.0);
-        let seller = match &b["seller"] {
-            Value::Null => "(application)".to_string(),
-            v => text(v),
-        };
+        let seller = bucket_seller(b);
         let _ = write!(
             h,
             "<tr class=\"bucket\"><td>{}</td><td>{}</td><td>{}</td>\
