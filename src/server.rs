@@ -401,7 +401,8 @@ impl ConnState {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// When the connection should be looked at next.
+    /// When the connection's time is up, if nothing happens before (busy: a time to check
+    /// again). The watchdog arms its timer with `next_look`, which may be earlier.
     fn deadline(&self, s: &ServerSettings) -> Instant {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let at = if self.in_flight.load(Ordering::Acquire) > 0 {

@@ -243,6 +243,35 @@ async fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Du
     }
 }
 
+/// One `GET /_proxy/health` on `conn`, answered 200.
+async fn health_on(conn: &mut TcpStream) {
+    conn.write_all(b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+/// Sends a request head that never ends, a byte every 200 ms; returns how long until the
+/// server cut the connection off (`None` if it read the whole head).
+async fn slow_head_cut_off_after(conn: &mut TcpStream) -> Option<Duration> {
+    let started = Instant::now();
+    let head = b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut buf = [0u8; 64];
+    for byte in head {
+        if conn.write_all(&[*byte]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await
+        {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn slow_silent_and_idle_clients_are_closed_on_time() {
     let h = Harness::with_config("[timeouts]\nheader_read = 1\nclient_idle = 1.5").await;
@@ -258,34 +287,14 @@ async fn slow_silent_and_idle_clients_are_closed_on_time() {
 
     // Slowloris: a header byte every 200 ms.
     let mut slow = TcpStream::connect(&addr).await.unwrap();
-    let started = Instant::now();
-    let head =
-        b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut closed_after = None;
-    for byte in head {
-        if slow.write_all(&[*byte]).await.is_err() {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 64];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await
-        {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-    }
-    let took = closed_after.expect("the slow client was cut off");
+    let took = slow_head_cut_off_after(&mut slow)
+        .await
+        .expect("the slow client was cut off");
     assert!(took < Duration::from_millis(2500), "{took:?}");
 
     // Keep-alive: one request, then idle.
     let mut idle = TcpStream::connect(&addr).await.unwrap();
-    idle.write_all(b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = idle.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    health_on(&mut idle).await;
     let took = time_until_closed(&mut idle, Duration::from_secs(5)).await;
     assert!(
         took.is_some_and(|t| t >= Duration::from_millis(1300) && t < Duration::from_millis(3500)),
@@ -298,31 +307,13 @@ async fn a_slow_head_after_a_keep_alive_request_gets_header_read_not_client_idle
     let h = Harness::with_config("[timeouts]\nheader_read = 1\nclient_idle = 6").await;
     let addr = h.url.trim_start_matches("http://").to_string();
     let mut conn = TcpStream::connect(&addr).await.unwrap();
-    conn.write_all(b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = conn.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    health_on(&mut conn).await;
     // Idle for a while (past the watchdog's first look, well within client_idle), then the
     // next head arrives a byte every 200 ms and never ends.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let started = Instant::now();
-    let head = b"GET /_proxy/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let mut closed_after = None;
-    for byte in head {
-        if conn.write_all(&[*byte]).await.is_err() {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await
-        {
-            closed_after = Some(started.elapsed());
-            break;
-        }
-    }
-    let took = closed_after.expect("the slow head was cut off");
+    let took = slow_head_cut_off_after(&mut conn)
+        .await
+        .expect("the slow head was cut off");
     assert!(
         took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
         "closed after {took:?}: header_read is 1 s, client_idle 6 s"
