@@ -42,6 +42,8 @@
 //!      (+ x-spapi-proxy-pii where personal data is optional)
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod access;
 pub mod auth;
 pub mod body;

@@ -1,5 +1,7 @@
 //! The `spapi-proxy` binary: arguments and environment in, a running proxy out, failures as exit codes.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -341,7 +341,7 @@ async fn the_status_page_in_a_headless_browser() {
     let (_driver, webdriver) = match chromedriver().await {
         Ok(d) => d,
         Err(why) => {
-            eprintln!("SKIPPED the headless-browser test: {why}");
+            crate::support::skip("the headless-browser test", &why);
             return;
         }
     };

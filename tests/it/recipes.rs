@@ -109,10 +109,13 @@ async fn run_recipe(program: &Path, script: &str, env: &[(&str, &Path)]) {
 async fn python_amazon_sp_api_through_the_proxy() {
     let python = installed().join("venv/bin/python");
     if !works(&python, &["-c", "import sp_api"], &[]) {
-        eprintln!(
-            "SKIPPED the python-amazon-sp-api recipe: no {} with sp_api \
-             (tests/recipes/install.sh installs it; it needs python3 with venv)",
-            python.display()
+        crate::support::skip(
+            "the python-amazon-sp-api recipe",
+            &format!(
+                "no {} with sp_api (tests/recipes/install.sh installs it; it needs python3 \
+                 with venv)",
+                python.display()
+            ),
         );
         return;
     }
@@ -123,10 +126,13 @@ async fn python_amazon_sp_api_through_the_proxy() {
 async fn python_requests_through_the_proxy() {
     let python = installed().join("venv/bin/python");
     if !works(&python, &["-c", "import requests"], &[]) {
-        eprintln!(
-            "SKIPPED the Python requests recipe: no {} with requests \
-             (tests/recipes/install.sh installs it; it needs python3 with venv)",
-            python.display()
+        crate::support::skip(
+            "the Python requests recipe",
+            &format!(
+                "no {} with requests (tests/recipes/install.sh installs it; it needs python3 \
+                 with venv)",
+                python.display()
+            ),
         );
         return;
     }
@@ -139,12 +145,15 @@ async fn amazon_sp_api_npm_through_the_proxy() {
     let node = Path::new("node");
     let env = [("NODE_PATH", modules.as_path())];
     if !works(node, &["-e", "require('amazon-sp-api')"], &env) {
-        eprintln!(
-            "SKIPPED the amazon-sp-api (npm) recipe: no node, or no amazon-sp-api in {} \
-             (tests/recipes/install.sh installs it; it needs node and npm)",
-            modules.display()
+        crate::support::skip(
+            "the amazon-sp-api (npm) recipe",
+            &format!(
+                "no node, or no amazon-sp-api in {} (tests/recipes/install.sh installs it; it \
+                 needs node and npm)",
+                modules.display()
+            ),
         );
         return;
     }
-    run_recipe(node, "npm_sp_api.js", &env).await;
+    run_recipe(node, "npm_sp_api.cjs", &env).await;
 }

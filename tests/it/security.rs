@@ -340,7 +340,10 @@ async fn under_a_1024_descriptor_limit_1100_silent_connections_do_not_lock_out_a
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
     let Some(prlimit) = prlimit else {
-        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+        crate::support::skip(
+            "the 1,024-descriptor test",
+            "prlimit (util-linux) is not installed",
+        );
         return;
     };
     // This test process holds the 1,100 client ends itself.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the client libraries the recipe tests run (tests/it/recipes.rs) under target/recipes/:
 # python-amazon-sp-api and requests from PyPI in a throwaway virtualenv, amazon-sp-api from npm in a folder.
-# Each is skipped, with a message, where Python or Node is missing; the tests then say so too.
+# Where Python or Node is missing it says so; the tests then skip, or, with
+# SPAPI_TESTS_REQUIRE_ALL set (as .ci/run does), this script and those tests fail.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 dir="${SPAPI_RECIPES_DIR:-target/recipes}"
@@ -29,5 +30,9 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     fi
 else
     echo "recipes: no node and npm; the amazon-sp-api test will be skipped" >&2
+fi
+if [ -n "${SPAPI_TESTS_REQUIRE_ALL:-}" ] && [ "${SPAPI_TESTS_REQUIRE_ALL}" != 0 ]; then
+    "$dir/venv/bin/python" -c "import sp_api, requests" && [ -d "$dir/npm/node_modules/amazon-sp-api" ] \
+        || { echo "recipes: the client libraries are not installed, and SPAPI_TESTS_REQUIRE_ALL is set" >&2; exit 1; }
 fi
 exit 0

@@ -184,6 +184,58 @@ pub async fn raw(base: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Set (to anything but `0`) in `.ci/run`: a test that cannot run its real component (a
+/// browser, a client library, a system tool) fails instead of skipping.
+pub const REQUIRE_ALL: &str = "SPAPI_TESTS_REQUIRE_ALL";
+
+/// What was skipped in this test binary, listed in one line when it exits.
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A test that cannot run its real component calls this and returns: under
+/// `SPAPI_TESTS_REQUIRE_ALL` (CI) it fails the test; otherwise it says SKIPPED now and the
+/// binary lists every skip in one line at the end ([`skipped_summary`]).
+pub fn skip(test: &str, why: &str) {
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} cannot run ({why}), and {REQUIRE_ALL} is set: a skip is a failure here");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // libtest ends the process with `exit`, after its own summary: the list comes last.
+        #[allow(
+            unsafe_code,
+            reason = "libc's atexit: the one way to print after libtest"
+        )]
+        // SAFETY: `print_skipped` is a plain `extern "C" fn` that only reads a static mutex.
+        unsafe {
+            libc::atexit(print_skipped);
+        }
+    });
+    SKIPPED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(test.to_string());
+}
+
+/// The one line listing what was skipped, or `None` when nothing was.
+pub fn skipped_summary() -> Option<String> {
+    let skipped = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    (!skipped.is_empty()).then(|| {
+        format!(
+            "SKIPPED {} test(s), which passed without running their real component: {} \
+             (set {REQUIRE_ALL}=1 to make a skip fail)",
+            skipped.len(),
+            skipped.join(", ")
+        )
+    })
+}
+
+extern "C" fn print_skipped() {
+    if let Some(line) = skipped_summary() {
+        eprintln!("{line}");
+    }
+}
+
 /// The status code of a raw HTTP/1.1 answer (0 if there was none).
 pub fn raw_status(answer: &str) -> u16 {
     answer
