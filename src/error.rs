@@ -28,6 +28,9 @@ pub enum TokenError {
     /// No answer within the configured token timeout.
     #[error("the token service did not answer in time")]
     Timeout,
+    /// This process ran out of something of its own (file descriptors) calling the service.
+    #[error("the proxy is out of local resources: {0}")]
+    LocalResources(String),
     /// The configuration has no credential for this kind of token.
     #[error("{0}")]
     NotConfigured(String),
@@ -60,8 +63,10 @@ pub enum ProxyError {
     /// A web page of another site tried to use the proxy.
     #[error("cross-site request refused: {0}")]
     CrossSite(String),
-    /// The inbound key is limited to other sellers (or to sellers, for an admin endpoint).
-    #[error("this key may not act for seller {0}")]
+    /// The inbound key is limited to other sellers (or to sellers, for an admin endpoint or
+    /// an application-wide operation). The text says for what, naming only what the client
+    /// named itself.
+    #[error("this key may not act for {0}")]
     SellerNotAllowed(String),
     /// No SP-API operation has this method and path, and the config says to reject such requests.
     #[error("no SP-API operation matches {method} {path}")]
@@ -85,6 +90,10 @@ pub enum ProxyError {
     /// The upstream could not be reached (connect, TLS, reset).
     #[error("the SP-API endpoint could not be reached: {0}")]
     Upstream(String),
+    /// This process ran out of something of its own (file descriptors, upstream connection
+    /// slots): a 503 of ours, not a 502 that would blame Amazon.
+    #[error("the proxy is out of local resources: {0}")]
+    LocalResources(String),
     /// The upstream did not answer within the response timeout.
     #[error("the SP-API endpoint did not answer in time")]
     UpstreamTimeout,
@@ -112,6 +121,9 @@ impl ProxyError {
             ProxyError::Token(TokenError::NotConfigured(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(TokenError::PiiNotPermitted { .. }) => StatusCode::FORBIDDEN,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::LocalResources(_) | ProxyError::Token(TokenError::LocalResources(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -135,6 +147,9 @@ impl ProxyError {
             ProxyError::Token(TokenError::NotConfigured(_)) => "token_not_configured",
             ProxyError::Token(TokenError::PiiNotPermitted { .. }) => "pii_not_permitted",
             ProxyError::Upstream(_) => "upstream_unreachable",
+            ProxyError::LocalResources(_) | ProxyError::Token(TokenError::LocalResources(_)) => {
+                "local_resources_exhausted"
+            }
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::NotReady(_) => "not_ready",
             ProxyError::Internal(_) => "internal",
@@ -206,6 +221,11 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.kind()));
+        // The body is JSON and nothing else: no browser may sniff it into HTML.
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         if let ProxyError::Unauthorized(_) = &self {
             headers.insert(
                 http::header::WWW_AUTHENTICATE,

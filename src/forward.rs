@@ -357,6 +357,12 @@ struct Pool {
     connector: HttpsConnector<HttpConnector>,
     origin: Uri,
     idle: Mutex<Vec<Idle>>,
+    /// Upstream connections this process may hold, shared by every region's pool: the file
+    /// descriptors kept back from clients, so that a flood of clients cannot leave none for
+    /// Amazon. Each connection holds a permit until it closes.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// How long a request waits for a free slot before it is answered 503.
+    slot_wait: Duration,
 }
 
 impl Pool {
@@ -376,12 +382,36 @@ impl Pool {
                 return Ok((idle.sender, true));
             }
         }
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Idle connections of this pool hold slots they may not need.
+                self.lock().clear();
+                tokio::time::timeout(self.slot_wait, Arc::clone(&self.slots).acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| {
+                        ProxyError::LocalResources(format!(
+                            "all {} upstream connections this proxy keeps descriptors for are \
+                             busy",
+                            self.slots_total()
+                        ))
+                    })?
+            }
+        };
         let io = self
             .connector
             .clone()
             .call(self.origin.clone())
             .await
-            .map_err(|e| ProxyError::Upstream(describe(&*e)))?;
+            .map_err(|e| {
+                if out_of_local_resources(&*e) {
+                    ProxyError::LocalResources(describe(&*e))
+                } else {
+                    ProxyError::Upstream(describe(&*e))
+                }
+            })?;
         // hyper's read buffer grows to 400 KiB by default while a body streams fast, and the
         // allocator keeps what it grew to: 64 KiB streams as fast here (measured) and holds
         // RSS near flat. Amazon's response heads are a few KiB.
@@ -393,11 +423,17 @@ impl Pool {
             .await
             .map_err(|e| ProxyError::Upstream(describe(&e)))?;
         tokio::spawn(async move {
+            // The slot is given back when the connection is gone.
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
         Ok((sender, false))
+    }
+
+    fn slots_total(&self) -> usize {
+        UPSTREAM_SLOTS_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn checkin(&self, sender: SendRequest<UpstreamBody>) {
@@ -412,6 +448,26 @@ impl Pool {
             });
         }
     }
+}
+
+/// The size of the last slot semaphore made, for messages.
+static UPSTREAM_SLOTS_TOTAL: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// The upstream connection slots for a proxy whose clients may hold `client_connections`
+/// descriptors: what the descriptor limit leaves, less a margin for token calls, the listener
+/// and the runtime's own (at least 8).
+pub fn upstream_slots(client_connections: usize) -> Arc<tokio::sync::Semaphore> {
+    /// Descriptors for token calls (their own pool), the listener, the runtime and logs.
+    const MARGIN: usize = 32;
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
+    let n = soft
+        .saturating_sub(client_connections)
+        .saturating_sub(MARGIN)
+        .max(8);
+    UPSTREAM_SLOTS_TOTAL.store(n, std::sync::atomic::Ordering::Relaxed);
+    Arc::new(tokio::sync::Semaphore::new(n))
 }
 
 /// Sends requests to the SP-API endpoint over the pool.
@@ -433,7 +489,11 @@ impl std::fmt::Debug for Forwarder {
 
 impl Forwarder {
     /// A forwarder to `endpoint` (scheme, host and port; any path is ignored, as before).
-    pub fn new(config: &Config, endpoint: &Url) -> Result<Forwarder, String> {
+    pub fn new(
+        config: &Config,
+        endpoint: &Url,
+        slots: Arc<tokio::sync::Semaphore>,
+    ) -> Result<Forwarder, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.timeouts.connect));
@@ -466,6 +526,8 @@ impl Forwarder {
                 connector,
                 origin,
                 idle: Mutex::new(Vec::new()),
+                slots,
+                slot_wait: config.timeouts.connect,
             }),
             host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
             response_timeout: config.timeouts.response,
@@ -515,6 +577,7 @@ impl Forwarder {
             pool: Arc::clone(&self.pool),
             idle_timeout: self.idle_timeout,
             idle: None,
+            whose: None,
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -529,9 +592,52 @@ pub struct UpstreamResponseBody {
     idle_timeout: Duration,
     /// Armed while waiting for the next frame.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Whose answer this is, for the warning and the count if Amazon breaks it off.
+    whose: Option<Whose>,
+}
+
+/// Whose answer a streaming body is: said if the body breaks off after its status has gone to
+/// the client (the request's own log line, already written, says the status).
+#[derive(Debug, Clone)]
+pub struct Whose {
+    /// The seller and operation, as metric labels.
+    pub labels: crate::metrics::OperationLabels,
+    /// The status Amazon sent.
+    pub status: u16,
+    /// Amazon's `x-amzn-RequestId`, if it sent one.
+    pub request_id: Option<HeaderValue>,
 }
 
 impl UpstreamResponseBody {
+    /// Names whose answer this is (see [`Whose`]).
+    pub fn set_whose(&mut self, whose: Whose) {
+        self.whose = Some(whose);
+    }
+
+    /// Amazon broke the body off: a WARN line with its own outcome, and a count.
+    fn broke_off(&mut self, why: &dyn std::fmt::Display) {
+        let Some(whose) = self.whose.take() else {
+            return;
+        };
+        crate::metrics::metrics()
+            .upstream_body_broken
+            .get_or_create(&whose.labels)
+            .inc();
+        tracing::warn!(
+            outcome = "upstream_body_broken",
+            seller = &*whose.labels.seller,
+            op = whose.labels.operation,
+            status = whose.status,
+            request_id = whose
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            error = %why,
+            "Amazon broke the response body off; the client got a truncated answer"
+        );
+    }
+
     fn finished(&mut self) {
         if let Some(sender) = self.sender.take() {
             self.pool.checkin(sender);
@@ -553,7 +659,10 @@ impl Body for UpstreamResponseBody {
                 this.idle = None;
                 match &frame {
                     None => this.finished(),
-                    Some(Err(_)) => this.sender = None,
+                    Some(Err(e)) => {
+                        this.sender = None;
+                        this.broke_off(e);
+                    }
                     Some(Ok(_)) if this.body.is_end_stream() => this.finished(),
                     Some(Ok(_)) => {}
                 }
@@ -566,10 +675,9 @@ impl Body for UpstreamResponseBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if sleep.as_mut().poll(cx).is_ready() {
                     this.sender = None;
-                    return Poll::Ready(Some(Err(format!(
-                        "the upstream sent nothing for {timeout:?} (timeouts.idle)"
-                    )
-                    .into())));
+                    let why = format!("the upstream sent nothing for {timeout:?} (timeouts.idle)");
+                    this.broke_off(&why);
+                    return Poll::Ready(Some(Err(why.into())));
                 }
                 Poll::Pending
             }
@@ -585,8 +693,29 @@ impl Body for UpstreamResponseBody {
     }
 }
 
+/// Whether `e` (or one of its causes) says this process or machine ran out of something of its
+/// own (descriptors, buffers, memory): not Amazon's fault, and not a reason to call it down.
+pub fn out_of_local_resources(e: &(dyn std::error::Error + 'static)) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+                || io.kind() == std::io::ErrorKind::OutOfMemory
+            {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// An error's message plus its causes, which say what actually failed (refused, reset, TLS).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

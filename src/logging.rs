@@ -34,12 +34,93 @@ pub fn init(format: Format) {
         .with_ansi(false);
     match format {
         Format::Text => builder.event_format(LeanText).init(),
-        Format::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
+        Format::Json => builder.event_format(LeanJson).init(),
+    }
+}
+
+/// The most of a path (or any client-given text) one log line carries.
+pub const MAX_LOGGED_PATH: usize = 512;
+
+/// `text`, or its first [`MAX_LOGGED_PATH`] bytes (cut at a character boundary) and a note of
+/// how long it was: a client must not be able to write megabytes of log per request.
+pub fn capped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_LOGGED_PATH {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_LOGGED_PATH;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...({} bytes)", &text[..end], text.len()))
+}
+
+/// Control characters, which could forge lines or drive a terminal (CR, LF, ESC, OSC, C1),
+/// and the Unicode line and paragraph separators.
+fn is_control(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Whether `s` has anything [`push_text`] or [`push_json`] must escape (bytes first: the
+/// usual line is ASCII without a control character).
+fn needs_escape(s: &str, quote: bool) -> bool {
+    s.bytes()
+        .any(|b| b < 0x20 || b == 0x7f || b >= 0x80 || (quote && (b == b'"' || b == b'\\')))
+        && (quote && s.contains(['"', '\\']) || s.chars().any(is_control))
+}
+
+/// Appends `s` to a text line with every control character escaped (`\n`, `\r`, `\t`,
+/// `\u{1b}`), so that no field can start a forged line or send escape sequences.
+pub fn push_text(line: &mut String, s: &str) {
+    if !needs_escape(s, false) {
+        line.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if is_control(c) => {
+                let _ = write!(line, "\\u{{{:x}}}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+}
+
+/// Appends `s` as the inside of a JSON string: quotes and backslashes escaped, and every
+/// control character as `\uXXXX`, C1 and U+2028/2029 included (JSON itself requires only C0).
+pub fn push_json(line: &mut String, s: &str) {
+    if !needs_escape(s, true) {
+        line.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if is_control(c) => {
+                let _ = write!(line, "\\u{:04x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+}
+
+/// Escapes, in place, what was appended to `line` since `start` (for values formatted by
+/// their own `Debug` or `Display`).
+fn escape_tail(line: &mut String, start: usize, json: bool) {
+    if start >= line.len() || !needs_escape(&line[start..], json) {
+        return;
+    }
+    let tail = line.split_off(start);
+    if json {
+        push_json(line, &tail);
+    } else {
+        push_text(line, &tail);
     }
 }
 
@@ -144,7 +225,9 @@ where
             line.push_str(span.name());
             if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
                 if !fields.is_empty() {
-                    write!(line, "{{{fields}}}")?;
+                    line.push('{');
+                    push_text(line, fields);
+                    line.push('}');
                 }
             }
             line.push(':');
@@ -179,7 +262,7 @@ impl Fields<'_> {
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        self.line.push_str(value);
+        push_text(self.line, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -199,8 +282,104 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field);
         if self.result.is_ok() {
+            let start = self.line.len();
             self.result = write!(self.line, "{value:?}");
+            escape_tail(self.line, start, false);
         }
+    }
+}
+
+/// `{"timestamp":"...","level":"INFO","message":"request","method":"GET",...,"target":"..."}`:
+/// one JSON object per event, the event's fields at the top level, every string escaped by
+/// [`push_json`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeanJson;
+
+impl<S, N> FormatEvent<S, N> for LeanJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::with_capacity(256);
+        let meta = event.metadata();
+        line.push_str("{\"timestamp\":\"");
+        write_timestamp(&mut line, SystemTime::now())?;
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push('"');
+        let mut visitor = JsonFields {
+            line: &mut line,
+            result: Ok(()),
+        };
+        event.record(&mut visitor);
+        visitor.result?;
+        line.push_str(",\"target\":\"");
+        push_json(&mut line, meta.target());
+        line.push_str("\"}\n");
+        writer.write_str(&line)
+    }
+}
+
+struct JsonFields<'a> {
+    line: &'a mut String,
+    result: fmt::Result,
+}
+
+impl JsonFields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.line.push_str(",\"");
+        push_json(self.line, field.name());
+        self.line.push_str("\":");
+    }
+}
+
+impl Visit for JsonFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        self.line.push('"');
+        push_json(self.line, value);
+        self.line.push('"');
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.line, "{value}");
+        } else {
+            self.line.push_str("null");
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.line.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        self.line.push('"');
+        if self.result.is_ok() {
+            let start = self.line.len();
+            self.result = write!(self.line, "{value:?}");
+            escape_tail(self.line, start, true);
+        }
+        self.line.push('"');
     }
 }
 
@@ -208,6 +387,50 @@ impl Visit for Fields<'_> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn control_characters_are_escaped_in_both_formats() {
+        // (input, text, JSON string body)
+        let cases = [
+            ("plain /orders/v0", "plain /orders/v0", "plain /orders/v0"),
+            ("a\r\nb", "a\\r\\nb", "a\\r\\nb"),
+            (
+                "x\u{1b}]0;pwn\u{7}",
+                "x\\u{1b}]0;pwn\\u{7}",
+                "x\\u001b]0;pwn\\u0007",
+            ),
+            ("csi\u{9b}31m", "csi\\u{9b}31m", "csi\\u009b31m"),
+            ("del\u{7f}", "del\\u{7f}", "del\\u007f"),
+            ("tab\there", "tab\\there", "tab\\there"),
+            ("sep\u{2028}", "sep\\u{2028}", "sep\\u2028"),
+            ("quote\"back\\", "quote\"back\\", "quote\\\"back\\\\"),
+            (
+                "caf\u{e9} \u{65e5}\u{672c}",
+                "caf\u{e9} \u{65e5}\u{672c}",
+                "caf\u{e9} \u{65e5}\u{672c}",
+            ),
+        ];
+        for (input, text, json) in cases {
+            let mut out = String::new();
+            push_text(&mut out, input);
+            assert_eq!(out, text, "text of {input:?}");
+            assert!(!out.chars().any(is_control), "{out:?}");
+            let mut out = String::new();
+            push_json(&mut out, input);
+            assert_eq!(out, json, "JSON of {input:?}");
+            let parsed: String = serde_json::from_str(&format!("\"{out}\"")).unwrap();
+            assert_eq!(parsed, input);
+        }
+    }
+
+    #[test]
+    fn long_paths_are_capped() {
+        assert_eq!(capped("/short"), "/short");
+        let long = format!("/{}", "\u{e9}".repeat(40_000));
+        let c = capped(&long);
+        assert!(c.len() < MAX_LOGGED_PATH + 32, "{}", c.len());
+        assert!(c.ends_with("...(80001 bytes)"), "{}", &c[c.len() - 20..]);
+    }
 
     #[test]
     fn timestamps() {

@@ -393,6 +393,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     });
     let sellers = config.sellers.len();
     serve_until_signal(&config, Some(source), |addr| {
+        // Said only once the config has proved good: no warning before a fatal error.
+        if sellers == 0 {
+            tracing::warn!("no seller configured: only grantless operations can be served");
+        }
         tracing::info!(%addr, sellers, "spapi-proxy listening");
     })
     .await
@@ -408,6 +412,8 @@ async fn serve_until_signal(
     if let Err(e) = config.check_exposure() {
         return config_error(&e);
     }
+    // Before the proxy sizes its upstream connection slots from the limit.
+    let fd_limit = server::raise_fd_limit();
     let proxy = match Proxy::new(config) {
         Ok(p) => match source {
             Some(source) => Arc::new(p.with_source(source)),
@@ -426,14 +432,15 @@ async fn serve_until_signal(
             return ExitCode::FAILURE;
         }
     };
-    let fd_limit = server::raise_fd_limit();
     let settings = server::ServerSettings::from_config(config);
     tracing::info!(
         fd_limit,
         max_connections = settings.max_connections,
         "file-descriptor limit raised to the hard limit"
     );
-    listening(listener.local_addr().unwrap_or(config.listen));
+    let bound = listener.local_addr().unwrap_or(config.listen);
+    proxy.set_bound(bound);
+    listening(bound);
     server::serve(listener, proxy, server::shutdown_signal(), settings).await;
     ExitCode::SUCCESS
 }
@@ -450,7 +457,7 @@ fn reload_on_sighup(proxy: Arc<Proxy>) {
             match proxy.reload() {
                 Ok(summary) => tracing::info!("SIGHUP: {summary}"),
                 Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: the config was not reloaded; the proxy keeps the one it had");
+                    tracing::warn!(error = %e, "SIGHUP: the config was not reloaded; the proxy keeps the one it had");
                 }
             }
         }

@@ -36,13 +36,28 @@ pub struct RequestLabels {
 pub struct OperationLabels {
     /// The seller's configured name, or `-`.
     pub seller: Arc<str>,
+    /// The API (`ordersV0`), or `-`.
+    pub api: &'static str,
     /// The operationId, or `-`.
     pub operation: &'static str,
+}
+
+impl OperationLabels {
+    /// `seller`'s series for `op` (`None`: requests that matched no operation).
+    pub fn new(seller: Arc<str>, op: Option<&'static Operation>) -> OperationLabels {
+        OperationLabels {
+            seller,
+            api: op.map_or("-", |o| o.api.as_str()),
+            operation: op.map_or("-", |o| o.id.as_str()),
+        }
+    }
 }
 
 /// An operation, for the latency histograms (no seller: histograms are the costly series).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
+    /// The API, or `-`.
+    pub api: &'static str,
     /// The operationId, or `-`.
     pub operation: &'static str,
 }
@@ -66,11 +81,13 @@ pub struct FailureLabels {
 /// One rate-limit bucket.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BucketLabels {
-    /// The seller's name, or `(application)`.
+    /// The seller's name, or `-` (the application's own buckets).
     pub seller: String,
     /// `na`, `eu` or `fe`.
     pub region: &'static str,
-    /// `api.operationId`, `unknown` or `sandbox`.
+    /// The API, or `-`.
+    pub api: &'static str,
+    /// The operationId; `unknown` or `sandbox` for the shared buckets.
     pub operation: String,
 }
 
@@ -97,6 +114,8 @@ pub struct Metrics {
     pub amazon_throttled: Family<OperationLabels, Counter>,
     /// Amazon's 5xx answers.
     pub amazon_errors: Family<OperationLabels, Counter>,
+    /// Answers whose body Amazon broke off after the status line had gone to the client.
+    pub upstream_body_broken: Family<OperationLabels, Counter>,
     /// Requests replayed with a fresh token after Amazon rejected the first.
     pub replays: Family<OperationLabels, Counter>,
     /// Calls to LWA's token endpoint, by grant kind (`lwa` seller tokens, `grantless`).
@@ -139,6 +158,7 @@ impl Metrics {
             amazon_throttled: Family::default(),
             amazon_errors: Family::default(),
             replays: Family::default(),
+            upstream_body_broken: Family::default(),
             lwa_calls: Family::default(),
             token_failures: Family::default(),
             rdt_mints: Counter::default(),
@@ -193,6 +213,11 @@ impl Metrics {
             m.amazon_errors.clone(),
         );
         registry.register(
+            "upstream_body_broken",
+            "Answers whose body SP-API broke off after the status had gone to the client",
+            m.upstream_body_broken.clone(),
+        );
+        registry.register(
             "token_replays",
             "Requests replayed with a fresh token after SP-API rejected the first",
             m.replays.clone(),
@@ -240,12 +265,17 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// The text exposition of every metric.
+    /// Every metric in OpenMetrics text (`application/openmetrics-text; version=1.0.0`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Every metric in Prometheus's classic text format (`text/plain; version=0.0.4`).
+    pub fn encode_classic(&self) -> String {
+        to_classic(&self.encode())
     }
 
     /// Counts an answered request.
@@ -312,9 +342,96 @@ fn series<'a>(
 ) -> &'a Histogram {
     let slot = op.map_or(cache.len() - 1, |o| o.index.min(cache.len() - 1));
     cache[slot].get_or_init(|| {
-        let operation = op.map_or("-", |o| o.id.as_str());
-        family.get_or_create(&OpLabels { operation }).clone()
+        family
+            .get_or_create(&OpLabels {
+                api: op.map_or("-", |o| o.api.as_str()),
+                operation: op.map_or("-", |o| o.id.as_str()),
+            })
+            .clone()
     })
+}
+
+/// The media type of Prometheus's classic text format.
+pub const CLASSIC_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The media type of OpenMetrics text.
+pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether a scraper's `Accept` asks for OpenMetrics (Prometheus sends it first when it can
+/// parse it); anything else gets the classic format, which every scraper reads.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut params = part.split(';');
+            let media = params.next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/openmetrics-text")
+                && !params.any(|p| p.trim().replace(' ', "") == "q=0")
+        })
+    })
+}
+
+/// OpenMetrics text as Prometheus's classic format: a counter's family is named with its
+/// `_total` (OpenMetrics names it without), and `# UNIT` and `# EOF` lines go.
+pub fn to_classic(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let header = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match header {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Only the series of the sellers `visible` accepts: a line with a `seller` label of another
+/// seller (or of none, `-`) goes, and so does a line without one (application-wide counts);
+/// `# HELP` and `# TYPE` lines stay.
+pub fn only_sellers(text: &str, visible: impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let keep = line.starts_with('#')
+            || seller_label(line).is_some_and(|seller| seller != "-" && visible(seller));
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The value of a sample line's `seller` label (seller names are config keys: no quotes or
+/// backslashes in them).
+fn seller_label(line: &str) -> Option<&str> {
+    let labels = &line[line.find('{')? + 1..];
+    let at = labels.find("seller=\"")?;
+    if at > 0 && !labels[..at].ends_with(',') {
+        return None;
+    }
+    let value = &labels[at + 8..];
+    Some(&value[..value.find('"')?])
 }
 
 /// The process's metrics.
@@ -331,5 +448,74 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_format_names_counters_with_total_and_drops_eof() {
+        let om = "# HELP spapi_proxy_requests Requests answered.\n\
+                  # TYPE spapi_proxy_requests counter\n\
+                  spapi_proxy_requests_total{seller=\"a\",api=\"ordersV0\",operation=\"getOrders\",status=\"2xx\"} 3\n\
+                  # HELP spapi_proxy_client_connections Open client connections.\n\
+                  # TYPE spapi_proxy_client_connections gauge\n\
+                  spapi_proxy_client_connections 2\n\
+                  # HELP spapi_proxy_queue_wait_seconds Time waited.\n\
+                  # TYPE spapi_proxy_queue_wait_seconds histogram\n\
+                  # UNIT spapi_proxy_queue_wait_seconds seconds\n\
+                  spapi_proxy_queue_wait_seconds_sum{api=\"ordersV0\",operation=\"getOrders\"} 0.5\n\
+                  # EOF\n";
+        let classic = to_classic(om);
+        assert_eq!(
+            classic,
+            "# HELP spapi_proxy_requests_total Requests answered.\n\
+             # TYPE spapi_proxy_requests_total counter\n\
+             spapi_proxy_requests_total{seller=\"a\",api=\"ordersV0\",operation=\"getOrders\",status=\"2xx\"} 3\n\
+             # HELP spapi_proxy_client_connections Open client connections.\n\
+             # TYPE spapi_proxy_client_connections gauge\n\
+             spapi_proxy_client_connections 2\n\
+             # HELP spapi_proxy_queue_wait_seconds Time waited.\n\
+             # TYPE spapi_proxy_queue_wait_seconds histogram\n\
+             spapi_proxy_queue_wait_seconds_sum{api=\"ordersV0\",operation=\"getOrders\"} 0.5\n"
+        );
+    }
+
+    #[test]
+    fn accept_table() {
+        let cases = [
+            (None, false),
+            (Some("*/*"), false),
+            (Some("text/plain;version=0.0.4;q=0.3,*/*;q=0.2"), false),
+            (
+                Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                true,
+            ),
+            (Some("application/openmetrics-text; q=0"), false),
+            (Some("Application/OpenMetrics-Text"), true),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(wants_openmetrics(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_limited_keys_sellers_are_kept() {
+        let text = "# TYPE x counter\n\
+                    x_total{seller=\"acme\",operation=\"a\"} 1\n\
+                    x_total{seller=\"beta\",operation=\"a\"} 2\n\
+                    x_total{seller=\"-\",operation=\"a\"} 3\n\
+                    y_total{kind=\"lwa\"} 4\n\
+                    z{region=\"na\",seller=\"acme\"} 5\n\
+                    w{oldseller=\"acme\"} 6\n";
+        let kept = only_sellers(text, |s| s == "acme");
+        assert_eq!(
+            kept,
+            "# TYPE x counter\n\
+             x_total{seller=\"acme\",operation=\"a\"} 1\n\
+             z{region=\"na\",seller=\"acme\"} 5\n"
+        );
     }
 }

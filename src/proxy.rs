@@ -99,6 +99,8 @@ pub struct Proxy {
     catalog: &'static Catalog,
     /// Outlives reloads: buckets keep their state when the config changes.
     limiter: Arc<Limiter>,
+    /// Upstream connections the descriptor limit leaves room for (see [`forward::upstream_slots`]).
+    slots: Arc<tokio::sync::Semaphore>,
     /// Everything the config decides, swapped whole by a reload; a request keeps the state it
     /// started with until it ends.
     state: ArcSwap<State>,
@@ -106,9 +108,11 @@ pub struct Proxy {
     source: Option<ConfigSource>,
     /// One reload at a time.
     reloading: std::sync::Mutex<()>,
-    /// Paths already logged as unknown, so each is logged once (bounded: a scanner must not
-    /// grow it without end).
-    unknown_seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The address the server is bound to, once it is.
+    bound: OnceLock<std::net::SocketAddr>,
+    /// Hashes of the paths already logged as unknown, so each is logged once (bounded in count,
+    /// and 8 bytes each whatever the path's length: a scanner must not grow it).
+    unknown_seen: UnknownSeen,
 }
 
 /// Where a reload reads the config from (the file and the process environment).
@@ -161,6 +165,29 @@ struct Ctx<'a> {
     /// Whose quota.
     key: Key,
     forwarder: &'a Forwarder,
+}
+
+/// Hashes of unknown paths already logged, with the hasher's random keys.
+#[derive(Default)]
+struct UnknownSeen {
+    hasher: std::hash::RandomState,
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl UnknownSeen {
+    fn hash_one(&self, value: impl std::hash::Hash) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, value)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes held for the memo's entries.
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.lock().capacity() * std::mem::size_of::<u64>()
+    }
 }
 
 /// How many distinct unknown paths are remembered for log-once.
@@ -227,6 +254,7 @@ impl State {
     fn new(
         config: Config,
         limiter: &Arc<Limiter>,
+        slots: &Arc<tokio::sync::Semaphore>,
         previous: Option<&State>,
     ) -> Result<State, ConfigError> {
         let auth = match previous {
@@ -247,7 +275,7 @@ impl State {
                     return Ok(old.clone());
                 }
             }
-            Forwarder::new(&config, endpoint).map_err(|e| ConfigError::Invalid {
+            Forwarder::new(&config, endpoint, Arc::clone(slots)).map_err(|e| ConfigError::Invalid {
                 key: format!("endpoints.{}", region.name()),
                 problem: format!("cannot build the upstream client: {e}"),
             })
@@ -274,13 +302,19 @@ impl Proxy {
     /// Builds the proxy from validated config. Nothing is fetched until the first request.
     pub fn new(config: &Config) -> Result<Proxy, ConfigError> {
         let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(config)));
-        let state = State::new(config.clone(), &limiter, None)?;
+        let clients = config
+            .max_connections
+            .unwrap_or_else(crate::server::default_max_connections);
+        let slots = forward::upstream_slots(clients);
+        let state = State::new(config.clone(), &limiter, &slots, None)?;
         Ok(Proxy {
             catalog: Catalog::builtin(),
             limiter,
+            slots,
             state: ArcSwap::from_pointee(state),
             source: None,
             reloading: std::sync::Mutex::new(()),
+            bound: OnceLock::new(),
             unknown_seen: Default::default(),
         })
     }
@@ -310,6 +344,7 @@ impl Proxy {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         config.check_exposure()?;
         let old = self.state.load_full();
+        self.check_reload(&old.config, &config)?;
         let restart_only = [
             ("listen", old.config.listen != config.listen),
             (
@@ -332,7 +367,7 @@ impl Proxy {
                 );
             }
         }
-        let state = State::new(config, &self.limiter, Some(&old))?;
+        let state = State::new(config, &self.limiter, &self.slots, Some(&old))?;
         let names =
             |c: &Config| -> Vec<String> { c.sellers.iter().map(|s| s.name.clone()).collect() };
         let (before, after) = (names(&old.config), names(&state.config));
@@ -354,6 +389,47 @@ impl Proxy {
         self.state.store(Arc::new(state));
         tracing::info!("{summary}");
         Ok(summary)
+    }
+
+    /// Records the address the server actually listens on: a reload is judged against it, not
+    /// against the `listen` in the file (which takes effect only at a restart).
+    pub fn set_bound(&self, addr: std::net::SocketAddr) {
+        let _ = self.bound.set(addr);
+    }
+
+    /// What a reload may not do, whatever the new file says: leave a public socket without
+    /// keys, remove every key, or remove every seller. An editor's half-written or empty file
+    /// looks exactly like that; a restart can still do it on purpose.
+    fn check_reload(&self, old: &Config, new: &Config) -> Result<(), ConfigError> {
+        if let Some(bound) = self.bound.get() {
+            if new.inbound_keys.is_empty() && !bound.ip().is_loopback() {
+                return Err(ConfigError::Invalid {
+                    key: "inbound_keys".into(),
+                    problem: format!(
+                        "the proxy is listening on {bound}, which is not a loopback address, so \
+                         clients must keep presenting a key; a new `listen` applies only after \
+                         a restart"
+                    ),
+                });
+            }
+        }
+        if !old.inbound_keys.is_empty() && new.inbound_keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "inbound_keys".into(),
+                problem: "the new config has no key, so it would let any client in; a reload \
+                          never removes every key (restart to do that)"
+                    .into(),
+            });
+        }
+        if !old.sellers.is_empty() && new.sellers.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "sellers".into(),
+                problem: "the new config has no seller (an empty or half-written file?); a \
+                          reload never removes every seller (restart to do that)"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Answers one request; never fails, because every error is turned into a response here.
@@ -406,24 +482,26 @@ impl Proxy {
             },
         };
         let m = metrics::metrics();
+        // What a log line carries of the path: a client cannot write megabytes per request.
+        let logged_path = crate::logging::capped(path);
         let mut response = match result {
             Ok(r) => r,
             Err(e) => {
                 if let ProxyError::RateLimited { .. } = e {
                     m.local_throttled
-                        .get_or_create(&metrics::OperationLabels {
-                            seller: facts.seller.clone().unwrap_or_else(no_seller),
-                            operation: op.map_or("-", |o| o.id.as_str()),
-                        })
+                        .get_or_create(&metrics::OperationLabels::new(
+                            facts.seller.clone().unwrap_or_else(no_seller),
+                            op,
+                        ))
                         .inc();
                 }
                 if let ProxyError::ClientBody(_) = e {
                     // The client's own doing (bad chunking, a hang-up): nothing is wrong here.
-                    tracing::info!(%method, %path, kind = e.kind(), error = %e, "request body broke off");
+                    tracing::info!(%method, path = &*logged_path, kind = e.kind(), error = %e, "request body broke off");
                 } else if e.status().is_server_error() {
-                    tracing::error!(%method, %path, kind = e.kind(), error = %e, "request failed");
+                    tracing::error!(%method, path = &*logged_path, kind = e.kind(), error = %e, "request failed");
                 } else {
-                    tracing::warn!(%method, %path, kind = e.kind(), error = %e, "request refused");
+                    tracing::warn!(%method, path = &*logged_path, kind = e.kind(), error = %e, "request refused");
                 }
                 e.into_response()
             }
@@ -444,7 +522,7 @@ impl Proxy {
             // A `str`, not a format string: recorded without the formatting machinery.
             message = "request",
             method = method.as_str(),
-            path,
+            path = &*logged_path,
             seller = facts.seller.as_deref().unwrap_or("-"),
             op = op.map_or("-", |o| o.id.as_str()),
             status,
@@ -540,13 +618,22 @@ impl Proxy {
             (None, p) => p.as_deref(),
         };
         let grantless = matches!(plan, TokenPlan::Grantless { .. });
-        let seller = state.auth.seller(named, !grantless)?;
+        let limit = inbound.and_then(|k| k.sellers.as_deref());
+        // An application-wide operation (grantless: notifications destinations, the client
+        // secret's rotation) affects every seller: only an unrestricted key may call it.
+        if grantless && limit.is_some() {
+            return Err(ProxyError::SellerNotAllowed(format!(
+                "the application-wide operation {}, which affects every seller; it needs a key \
+                 that is not limited to sellers",
+                op.map_or("-", |o| o.id.as_str())
+            )));
+        }
+        let seller = state.auth.seller(named, !grantless, limit)?;
         // A grantless call is the application's, whoever the default seller is.
         facts.seller = seller.filter(|_| !grantless).map(|s| Arc::clone(&s.name));
-        if let (Some(allowed), Some(seller)) = (inbound.and_then(|k| k.sellers.as_ref()), seller) {
-            if !allowed.iter().any(|n| **n == *seller.name) {
-                return Err(ProxyError::SellerNotAllowed(seller.name.to_string()));
-            }
+        // Logged once the cheap refusals are behind it: a refused request stores nothing.
+        if op.is_none() {
+            self.note_unknown(&parts.method, path);
         }
 
         // 3. Hold small bodies so that a request can be replayed once with a fresh token.
@@ -616,7 +703,7 @@ impl Proxy {
             if upstream.says_token_rejected() {
                 auth.reject(ctx.seller, &chosen);
                 if body.replayable() {
-                    tracing::info!(path = %path, source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
+                    tracing::info!(path = &*crate::logging::capped(path), source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
                     metrics::metrics()
                         .replays
                         .get_or_create(&ctx.labels())
@@ -665,7 +752,11 @@ impl Proxy {
             };
             queued += waited;
             retries += 1;
-            tracing::info!(path = %path, retries, "Amazon answered 429; retrying after waiting for quota");
+            tracing::info!(
+                path = &*crate::logging::capped(path),
+                retries,
+                "Amazon answered 429; retrying after waiting for quota"
+            );
             upstream = self
                 .send(&ctx, &parts, &target, &mut body, &chosen.token)
                 .await?;
@@ -684,6 +775,14 @@ impl Proxy {
         facts.pii = chosen.pii;
 
         // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
+        if let Upstream::Streaming(resp) = &mut upstream {
+            let whose = forward::Whose {
+                labels: ctx.labels(),
+                status: resp.status().as_u16(),
+                request_id: resp.headers().get(REQUEST_ID).cloned(),
+            };
+            resp.body_mut().set_whose(whose);
+        }
         let mut response = upstream.into_response();
         let headers = response.headers_mut();
         let queued_ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);
@@ -719,6 +818,8 @@ impl Proxy {
         }
     }
 
+    /// Unknown requests are refused when the config says so; otherwise they go on, under the
+    /// shared default bucket.
     fn unknown_request(
         &self,
         config: &Config,
@@ -728,15 +829,21 @@ impl Proxy {
         if config.unknown_operations == UnknownOperations::Reject {
             return Err(ProxyError::NoRoute {
                 method: method.to_string(),
-                path: path.to_string(),
+                path: crate::logging::capped(path).into_owned(),
             });
         }
-        let key = format!("{method} {path}");
-        let mut seen = self.unknown_seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() < UNKNOWN_PATHS_REMEMBERED && seen.insert(key) {
-            tracing::warn!(%method, %path, "no SP-API operation matches; forwarding with the LWA token under the shared default limit (logged once per path)");
-        }
         Ok(())
+    }
+
+    /// Logs an unknown path the first time it is forwarded. Only a hash of each is kept, at
+    /// most [`UNKNOWN_PATHS_REMEMBERED`] of them: a scanner's long paths cost 8 bytes each.
+    fn note_unknown(&self, method: &Method, path: &str) {
+        let hash = self.unknown_seen.hash_one((method.as_str(), path));
+        let mut seen = self.unknown_seen.lock();
+        if seen.len() < UNKNOWN_PATHS_REMEMBERED && seen.insert(hash) {
+            drop(seen);
+            tracing::warn!(%method, path = &*crate::logging::capped(path), "no SP-API operation matches; forwarding with the LWA token under the shared default limit (logged once per path)");
+        }
     }
 
     /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket.
@@ -822,6 +929,7 @@ impl Proxy {
         let method = req.method();
         let path = req.uri().path();
         let auth = &state.auth;
+        let viewer = Viewer::of(key);
         match (method, path) {
             (&Method::GET, "/_proxy/health") => Ok(json_response(
                 StatusCode::OK,
@@ -829,9 +937,13 @@ impl Proxy {
             )),
             (&Method::GET, "/_proxy/quota") => {
                 let mut quota = self.limiter.snapshot();
+                if let Some(rows) = quota["buckets"].as_array_mut() {
+                    rows.retain(|b| viewer.sees(b["seller"].as_str()));
+                }
                 quota["sellers"] = auth
                     .sellers()
                     .iter()
+                    .filter(|s| viewer.sees(Some(&s.name)))
                     .map(|s| {
                         serde_json::json!({
                             "seller": &*s.name,
@@ -842,11 +954,12 @@ impl Proxy {
                     .collect();
                 Ok(json_response(StatusCode::OK, quota))
             }
-            (&Method::GET, "/_proxy/status") => {
-                Ok(json_response(StatusCode::OK, status(state, &self.limiter)))
-            }
+            (&Method::GET, "/_proxy/status") => Ok(json_response(
+                StatusCode::OK,
+                status(state, &self.limiter, viewer),
+            )),
             (&Method::GET, "/_proxy/") => {
-                let html = crate::status_page::render(&status(state, &self.limiter));
+                let html = crate::status_page::render(&status(state, &self.limiter, viewer));
                 let mut resp = Response::new(full(html));
                 let h = resp.headers_mut();
                 h.insert(
@@ -879,26 +992,58 @@ impl Proxy {
                 m.bucket_tokens.clear();
                 m.bucket_waiting.clear();
                 for v in self.limiter.views() {
+                    let seller = v.key.seller.clone().unwrap_or_else(no_seller);
                     let labels = metrics::BucketLabels {
-                        seller: v.key.seller_name().to_string(),
+                        seller: seller.to_string(),
                         region: v.key.region.name(),
-                        operation: v.operation,
+                        api: v.operation_api,
+                        operation: match v.operation_id {
+                            "-" => v.operation.clone(),
+                            id => id.to_string(),
+                        },
                     };
                     m.bucket_tokens.get_or_create(&labels).set(v.tokens.floor());
                     m.bucket_waiting
                         .get_or_create(&labels)
                         .set(i64::try_from(v.waiting).unwrap_or(i64::MAX));
+                    // Every bucket's throttle and error series exist from the start, at 0, so
+                    // that a rate() over them works before the first 429.
+                    let op = metrics::OperationLabels {
+                        seller,
+                        api: v.operation_api,
+                        operation: v.operation_id,
+                    };
+                    for family in [&m.local_throttled, &m.amazon_throttled, &m.amazon_errors] {
+                        drop(family.get_or_create(&op));
+                    }
                 }
-                let mut resp = Response::new(full(m.encode()));
+                let openmetrics = metrics::wants_openmetrics(
+                    req.headers()
+                        .get(http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let text = if openmetrics {
+                    m.encode()
+                } else {
+                    m.encode_classic()
+                };
+                let text = if viewer.unrestricted() {
+                    text
+                } else {
+                    metrics::only_sellers(&text, |seller| viewer.sees(Some(seller)))
+                };
+                let mut resp = Response::new(full(text));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    http::HeaderValue::from_static(if openmetrics {
+                        metrics::OPENMETRICS_TYPE
+                    } else {
+                        metrics::CLASSIC_TYPE
+                    }),
                 );
                 Ok(resp)
             }
-            (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query()).await,
+            (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query(), viewer).await,
             (&Method::POST, "/_proxy/reload") => {
                 // A key limited to some sellers may act for them, not change the proxy.
                 if key.is_some_and(|k| k.sellers.is_some()) {
@@ -912,7 +1057,7 @@ impl Proxy {
                         serde_json::json!({"status": "reloaded", "summary": summary}),
                     )),
                     Err(e) => {
-                        tracing::error!(error = %e, "reload refused; the proxy keeps the config it had");
+                        tracing::warn!(error = %e, "reload refused; the proxy keeps the config it had");
                         Err(ProxyError::BadRequest(format!(
                             "the config was not reloaded, and the proxy keeps running on the one \
                              it had: {e}"
@@ -937,7 +1082,7 @@ impl Proxy {
         let auth = &state.auth;
         let named = seller_param(query);
         let sellers: Vec<&Arc<auth::Seller>> = match &named {
-            Some(name) => auth.seller(Some(name), true)?.into_iter().collect(),
+            Some(name) => auth.seller(Some(name), true, None)?.into_iter().collect(),
             None => auth.sellers(),
         };
         let mut report = serde_json::Map::new();
@@ -975,14 +1120,19 @@ impl Proxy {
         &self,
         state: &State,
         query: Option<&str>,
+        viewer: Viewer<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let auth = &state.auth;
         let named = seller_param(query);
         let sellers: Vec<&Arc<auth::Seller>> = match &named {
             Some(name) => vec![auth
-                .seller(Some(name), true)?
-                .ok_or_else(|| ProxyError::BadRequest(format!("no seller is called `{name}`")))?],
-            None => auth.sellers(),
+                .seller(Some(name), true, viewer.0)?
+                .ok_or_else(|| ProxyError::BadRequest("the request names no seller".into()))?],
+            None => auth
+                .sellers()
+                .into_iter()
+                .filter(|s| viewer.sees(Some(&s.name)))
+                .collect(),
         };
         if sellers.is_empty() {
             return match auth.ready(None).await {
@@ -1034,7 +1184,7 @@ impl Proxy {
 /// `/_proxy/status`: policies, which client secret works, each seller's state and token
 /// timing, and every bucket with its recent 429s; never a secret's value. The status page and
 /// `spapi-proxy status` show this.
-fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
+fn status(state: &State, limiter: &Limiter, viewer: Viewer<'_>) -> serde_json::Value {
     let auth = &state.auth;
     let config = &state.config;
     let timing = |t: Option<auth::cache::Timing>| {
@@ -1045,10 +1195,14 @@ fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
             })
         })
     };
-    let default = auth.default_seller().map(|s| s.region(s.config.region));
+    let default = auth
+        .default_seller()
+        .filter(|s| viewer.sees(Some(&s.name)))
+        .map(|s| s.region(s.config.region));
     let sellers: serde_json::Map<String, serde_json::Value> = auth
         .sellers()
         .iter()
+        .filter(|s| viewer.sees(Some(&s.name)))
         .map(|s| {
             let regions: serde_json::Map<String, serde_json::Value> = s
                 .used_regions()
@@ -1076,9 +1230,11 @@ fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
             )
         })
         .collect();
+    // Application-wide: only for an unrestricted key.
     let grantless: Vec<serde_json::Value> = auth
         .grantless_timings()
         .into_iter()
+        .filter(|_| viewer.unrestricted())
         .map(|(scope, t)| serde_json::json!({"scope": scope, "token": timing(t)}))
         .collect();
     let m = metrics::metrics();
@@ -1091,9 +1247,11 @@ fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
     let buckets: Vec<serde_json::Value> = limiter
         .views()
         .into_iter()
+        .filter(|v| viewer.sees(v.key.seller.as_deref()))
         .map(|v| {
             let labels = metrics::OperationLabels {
                 seller: v.key.seller.clone().unwrap_or_else(no_seller),
+                api: v.operation_api,
                 operation: v.operation_id,
             };
             serde_json::json!({
@@ -1123,7 +1281,7 @@ fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
         "seller_token": {
             "rejected_by_amazon": default.and_then(|d| d.fresh_rejection()),
         },
-        "client_secret": auth.secret_in_use(),
+        "client_secret": viewer.unrestricted().then(|| auth.secret_in_use()),
         "sellers": sellers,
         "grantless": grantless,
         "buckets": buckets,
@@ -1133,10 +1291,7 @@ fn status(state: &State, limiter: &Limiter) -> serde_json::Value {
 impl Ctx<'_> {
     /// The request's seller and operation, as metric labels.
     fn labels(&self) -> metrics::OperationLabels {
-        metrics::OperationLabels {
-            seller: self.key.seller.clone().unwrap_or_else(no_seller),
-            operation: self.op.map_or("-", |o| o.id.as_str()),
-        }
+        metrics::OperationLabels::new(self.key.seller.clone().unwrap_or_else(no_seller), self.op)
     }
 }
 
@@ -1144,6 +1299,30 @@ impl Ctx<'_> {
 fn no_seller() -> Arc<str> {
     static DASH: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
     Arc::clone(&DASH)
+}
+
+/// Whose state an admin endpoint may show: everything (no keys, or an unrestricted key), or a
+/// limited key's own sellers and nothing application-wide.
+#[derive(Clone, Copy)]
+struct Viewer<'a>(Option<&'a [String]>);
+
+impl<'a> Viewer<'a> {
+    fn of(key: Option<&'a InboundKey>) -> Viewer<'a> {
+        Viewer(key.and_then(|k| k.sellers.as_deref()))
+    }
+
+    fn unrestricted(self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether this viewer may see `seller`'s state (`None`: the application's own).
+    fn sees(self, seller: Option<&str>) -> bool {
+        match (self.0, seller) {
+            (None, _) => true,
+            (Some(allowed), Some(s)) => allowed.iter().any(|n| n == s),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// What [`Proxy::admit`] let through: a preflight it answered, or a request, with the inbound
@@ -1322,6 +1501,32 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Proxy
 mod tests {
     use super::*;
 
+    fn test_config(toml: &str) -> Config {
+        let env = |k: &str| match k {
+            "SPAPI_CLIENT_ID" => Some("amzn1.application-oa2-client.test".to_string()),
+            "SPAPI_CLIENT_SECRET" => Some("secret".to_string()),
+            "SPAPI_REFRESH_TOKEN" => Some("Atzr|test".to_string()),
+            _ => None,
+        };
+        Config::from_toml_str(toml, "t.toml", &env).unwrap()
+    }
+
+    /// 10,500 distinct unknown paths of 60 KB (630 MB of text) leave the memo at the size of
+    /// its hashes; remembered ones are not logged again.
+    #[test]
+    fn the_unknown_path_memo_is_bounded_by_bytes() {
+        let proxy = Proxy::new(&test_config("")).unwrap();
+        let mut path = format!("/scan/{}", "a".repeat(60_000));
+        for i in 0..10_500u32 {
+            path.truncate(60_006);
+            path.push_str(itoa::Buffer::new().format(i));
+            proxy.note_unknown(&Method::GET, &path);
+        }
+        let held = proxy.unknown_seen.held_bytes();
+        assert!(held < 1024 * 1024, "{held} bytes held");
+        assert_eq!(proxy.unknown_seen.lock().len(), UNKNOWN_PATHS_REMEMBERED);
+    }
+
     /// The plans kept per operation are the plans: for every operation, two requests with
     /// different ids get what `auth::plan` decides for each (a plan naming the request's own
     /// path must not be served from the first request's).
@@ -1336,7 +1541,8 @@ mod tests {
         let toml = "restricted_data = \"always\"\n[operations.ordersV0.getOrder]\ndata_elements = [\"buyerInfo\"]\n";
         let config = Config::from_toml_str(toml, "t.toml", &env).unwrap();
         let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(&config)));
-        let state = State::new(config, &limiter, None).unwrap();
+        let slots = forward::upstream_slots(1000);
+        let state = State::new(config, &limiter, &slots, None).unwrap();
         let config = Arc::clone(&state.config);
         let mut path_bound = 0;
         for op in Catalog::builtin().operations() {

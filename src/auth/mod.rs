@@ -120,9 +120,22 @@ pub(crate) async fn call_token_service(
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(TokenError::Timeout),
         Ok(Err(e)) if e.is_timeout() => Err(TokenError::Timeout),
-        Ok(Err(e)) => Err(TokenError::Unavailable(format!("{service}: {e}"))),
+        Ok(Err(e)) if crate::forward::out_of_local_resources(&e) => Err(
+            TokenError::LocalResources(crate::forward::describe(&e.without_url())),
+        ),
+        // Without the URL: the message reaches clients and logs, and names no host of ours.
+        Ok(Err(e)) => Err(TokenError::Unavailable(format!(
+            "{service}: {}",
+            crate::forward::describe(&e.without_url())
+        ))),
         Ok(Ok(answer)) => Ok(answer),
     }
+}
+
+/// A client-given name as it may appear in a message: at most 100 characters, control
+/// characters dropped.
+fn printable(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(100).collect()
 }
 
 /// SP-API's words for "this token is no good", lowercased: today's `details` for an expired and
@@ -329,26 +342,50 @@ impl Auth {
 
     /// The seller a request acts for: the one it names, else the default. `None` only when
     /// it names none, there is no default, and `needed` is false (grantless operations).
+    ///
+    /// `limit` is the inbound key's list of sellers, when it has one: such a key acts only
+    /// for them (named one another is refused before it is looked up, so an answer never says
+    /// whether another seller exists), and errors name only them.
     pub fn seller(
         &self,
         named: Option<&str>,
         needed: bool,
+        limit: Option<&[String]>,
     ) -> Result<Option<&Arc<Seller>>, ProxyError> {
+        let visible = || match limit {
+            Some(allowed) => format!("this key may act for: {}", allowed.join(", ")),
+            None => format!("configured: {}", self.seller_names()),
+        };
         match named {
+            Some(name) if limit.is_some_and(|l| !l.iter().any(|n| n == name)) => {
+                Err(ProxyError::SellerNotAllowed(format!(
+                    "seller `{}` ({})",
+                    printable(name),
+                    visible()
+                )))
+            }
             Some(name) => self.sellers.get(name).map(Some).ok_or_else(|| {
                 ProxyError::BadRequest(format!(
-                    "no seller is called `{name}`; the configured sellers are: {}",
-                    self.seller_names()
+                    "no seller is called `{}` ({})",
+                    printable(name),
+                    visible()
                 ))
             }),
             None => match &self.default {
+                Some(d) if limit.is_some_and(|l| !l.iter().any(|n| **n == *d.name)) => {
+                    Err(ProxyError::SellerNotAllowed(format!(
+                        "the default seller; name one with {SELLER_HEADER} or a /_seller/NAME/ \
+                         prefix ({})",
+                        visible()
+                    )))
+                }
                 Some(d) => Ok(Some(d)),
                 None if !needed => Ok(None),
                 None if self.sellers.is_empty() => Err(Self::no_refresh_token().into()),
                 None => Err(ProxyError::BadRequest(format!(
                     "the request names no seller and none is the default; name one with \
-                     {SELLER_HEADER} or a /_seller/NAME/ prefix (configured: {})",
-                    self.seller_names()
+                     {SELLER_HEADER} or a /_seller/NAME/ prefix ({})",
+                    visible()
                 ))),
             },
         }

@@ -75,6 +75,8 @@ pub struct BucketView {
     pub operation: String,
     /// The bare operationId, or `-`.
     pub operation_id: &'static str,
+    /// The operation's API (`ordersV0`), or `-`.
+    pub operation_api: &'static str,
     /// The API.
     pub api: String,
     /// Requests per second now.
@@ -400,6 +402,7 @@ impl Limiter {
                     key: k.key,
                     operation,
                     operation_id: k.op.map_or("-", |i| catalog.operations()[i].id.as_str()),
+                    operation_api: k.op.map_or("-", |i| catalog.operations()[i].api.as_str()),
                     api: b.api.clone(),
                     rate,
                     burst: b.burst,

@@ -7,9 +7,15 @@ use spapi_proxy::sim::{AmazonAnswer, Simulator, SIM_REFRESH_TOKEN};
 use crate::cli::LoggedProxy;
 use crate::support::Harness;
 
-/// `/_proxy/metrics`, as series name with labels -> value.
+/// `/_proxy/metrics` in OpenMetrics, as series name with labels -> value.
 async fn scrape(h: &Harness) -> HashMap<String, f64> {
-    let resp = h.get("/_proxy/metrics").await;
+    let resp = h
+        .get_with(
+            "/_proxy/metrics",
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -17,6 +23,11 @@ async fn scrape(h: &Harness) -> HashMap<String, f64> {
         .starts_with("application/openmetrics-text"));
     let text = resp.text().await.unwrap();
     assert!(text.ends_with("# EOF\n"), "{text}");
+    series(&text)
+}
+
+/// Sample lines as series name with labels -> value.
+pub fn series(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))
@@ -88,7 +99,7 @@ async fn metrics_move_with_traffic_and_labels_stay_bounded() {
     assert_eq!(value(&after, ok) - value(&before, ok), 4.0, "{after:#?}");
     let items = r#"spapi_proxy_requests_total{seller="observed",api="ordersV0",operation="getOrderItems",status="2xx"}"#;
     assert_eq!(value(&after, items) - value(&before, items), 20.0);
-    let op = r#"{seller="observed",operation="getMarketplaceParticipations"}"#;
+    let op = r#"{seller="observed",api="sellers",operation="getMarketplaceParticipations"}"#;
     // One: the halved rate leaves no quota within max_wait for a retry.
     assert_eq!(
         value(&after, &format!("spapi_proxy_amazon_throttled_total{op}")),
@@ -101,7 +112,7 @@ async fn metrics_move_with_traffic_and_labels_stay_bounded() {
     assert_eq!(
         value(
             &after,
-            r#"spapi_proxy_local_throttled_total{seller="observed",operation="getOrders"}"#
+            r#"spapi_proxy_local_throttled_total{seller="observed",api="ordersV0",operation="getOrders"}"#
         ),
         1.0
     );
@@ -114,17 +125,23 @@ async fn metrics_move_with_traffic_and_labels_stay_bounded() {
     assert!(
         value(
             &after,
-            r#"spapi_proxy_queue_wait_seconds_count{operation="getMarketplaceParticipations"}"#
+            r#"spapi_proxy_queue_wait_seconds_count{api="sellers",operation="getMarketplaceParticipations"}"#
         ) >= 5.0
     );
     assert!(
         value(
             &after,
-            r#"spapi_proxy_upstream_duration_seconds_count{operation="getOrderItems"}"#
+            r#"spapi_proxy_upstream_duration_seconds_count{api="ordersV0",operation="getOrderItems"}"#
         ) >= 20.0
     );
     let bucket =
-        r#"{seller="observed",region="na",operation="sellers.getMarketplaceParticipations"}"#;
+        r#"{seller="observed",region="na",api="sellers",operation="getMarketplaceParticipations"}"#;
+    // Every bucket's throttle and error series are there at 0 before anything happens.
+    let quiet = r#"{seller="observed",api="ordersV0",operation="getOrderItems"}"#;
+    for family in ["amazon_errors", "amazon_throttled", "local_throttled"] {
+        let name = format!("spapi_proxy_{family}_total{quiet}");
+        assert_eq!(after.get(&name), Some(&0.0), "{name}: {after:#?}");
+    }
     assert!(
         after.contains_key(&format!("spapi_proxy_bucket_tokens_available{bucket}")),
         "{after:#?}"

@@ -83,7 +83,9 @@ impl Harness {
     pub async fn with_proxy(sim: Simulator, proxy: Proxy, config: &Config) -> Harness {
         let proxy = Arc::new(proxy);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bound = listener.local_addr().unwrap();
+        proxy.set_bound(bound);
+        let url = format!("http://{bound}");
         let (stop, stopped) = oneshot::channel::<()>();
         let mut settings = server::ServerSettings::from_config(config);
         settings.grace = Duration::from_secs(5);
