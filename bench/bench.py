@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "spapi-proxy")
+BIN = os.environ.get("SPAPI_BENCH_BIN") or os.path.join(ROOT, "target", "release", "spapi-proxy")
 ORDERS = "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER"
 ADDRESS = "/orders/v0/orders/902-3159896-1390916/address"
 BODY = '{"payload":{"Orders":[{"AmazonOrderId":"902-3159896-1390916","OrderStatus":"Unshipped"}],"CreatedBefore":"2026-11-23T12:00:00Z"}}'

@@ -36,6 +36,10 @@ enum Command {
         /// Address to listen on (loopback only: the demo has no inbound keys).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the simulator listens (default: a free loopback port), so that a config of
+        /// your own can point at it.
+        #[arg(long)]
+        sim_listen: Option<SocketAddr>,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -53,9 +57,13 @@ enum Command {
     },
     /// Exit 0 if a running proxy answers /_proxy/health (for container health checks).
     Health {
-        /// The proxy's base URL (default: from SPAPI_LISTEN, else http://127.0.0.1:8080).
+        /// The proxy's base URL (default: the `listen` that `serve` would use: SPAPI_LISTEN,
+        /// else the config file's, else http://127.0.0.1:8080).
         #[arg(long)]
         url: Option<String>,
+        /// Configuration file whose `listen` to check (default: ./proxy.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print a running proxy's status (sellers, tokens, buckets) as tables.
     Status {
@@ -132,10 +140,14 @@ fn main() -> ExitCode {
     match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
-        Some(Command::Demo { listen, .. }) => runtime.block_on(demo(listen)),
+        Some(Command::Demo {
+            listen, sim_listen, ..
+        }) => runtime.block_on(demo(listen, sim_listen)),
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Operations { json }) => operations(json),
-        Some(Command::Health { url }) => runtime.block_on(health(url)),
+        Some(Command::Health { url, config }) => {
+            runtime.block_on(health(url.or_else(|| listen_url(config.as_deref()))))
+        }
         Some(Command::Status { url }) => runtime.block_on(status(url)),
         Some(Command::Tokens { seller, url, .. }) => runtime.block_on(refresh_tokens(url, seller)),
         Some(Command::Explain {
@@ -221,6 +233,18 @@ fn explain(method: &str, path: &str, config: Option<&Path>, seller: Option<&str>
     }
 }
 
+/// The base URL of the address `serve` would listen on with `config` (the file's `listen`,
+/// SPAPI_LISTEN winning), if the config can be read.
+fn listen_url(config: Option<&Path>) -> Option<String> {
+    let listen = load_config(config).ok()?.listen;
+    let ip = if listen.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        listen.ip()
+    };
+    Some(format!("http://{}", SocketAddr::new(ip, listen.port())))
+}
+
 /// The proxy's base URL: `--url`, or the listen address from SPAPI_LISTEN (0.0.0.0 becomes
 /// 127.0.0.1).
 fn base_url(url: Option<String>) -> String {
@@ -237,6 +261,28 @@ fn base_url(url: Option<String>) -> String {
         format!("http://{}", SocketAddr::new(ip, listen.port()))
     });
     base.trim_end_matches('/').to_string()
+}
+
+/// `http://host:port` of a full URL, for messages.
+fn base_url_of(url: &str) -> String {
+    match url.find("/_proxy/") {
+        Some(i) => url[..i].to_string(),
+        None => url.to_string(),
+    }
+}
+
+/// What a command says when the proxy cannot be reached: for a refused connection, the
+/// question a user needs ("is the proxy running?") rather than the client library's chain.
+fn unreachable_message(base: &str, e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        format!(
+            "connection refused: is the proxy running at {base}? (--url or SPAPI_LISTEN say where)"
+        )
+    } else if e.is_timeout() {
+        format!("no answer from {base} in time: is it the proxy?")
+    } else {
+        format!("{base}: {}", spapi_proxy::forward::describe(e))
+    }
 }
 
 fn health_url(url: Option<String>) -> String {
@@ -279,7 +325,10 @@ async fn admin_call(
     } else {
         client.get(&url)
     };
-    let resp = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| unreachable_message(&base_url_of(&url), &e))?;
     let status = resp.status();
     let body = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
     if !status.is_success() {
@@ -350,7 +399,7 @@ async fn health(url: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("unhealthy: {url}: {e}");
+            eprintln!("unhealthy: {}", unreachable_message(&base_url_of(&url), &e));
             ExitCode::FAILURE
         }
     }
@@ -377,9 +426,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
-    }
-    if config.sellers.is_empty() {
-        tracing::warn!("no seller configured: only grantless operations can be served");
     }
     // A reload reads the same file and the process environment again.
     let (path, listen) = (args.config.clone(), args.listen);
@@ -464,8 +510,19 @@ fn reload_on_sighup(proxy: Arc<Proxy>) {
     });
 }
 
-async fn demo(listen: SocketAddr) -> ExitCode {
-    let simulator = match sim::Simulator::start().await {
+/// A second seller the demo's simulator knows, for configs of two sellers.
+const DEMO_SECOND_REFRESH_TOKEN: &str = "Atzr|sim-refresh-token-2";
+
+async fn demo(listen: SocketAddr, sim_listen: Option<SocketAddr>) -> ExitCode {
+    let sim_addr = sim_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let started = match TcpListener::bind(sim_addr).await {
+        Ok(l) => sim::Simulator::start_on(l),
+        Err(e) => {
+            eprintln!("error: cannot listen on {sim_addr} for the simulator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let simulator = match started {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot start the simulator: {e}");
@@ -473,6 +530,7 @@ async fn demo(listen: SocketAddr) -> ExitCode {
         }
     };
     simulator.enforce_rate_limits(true);
+    simulator.add_seller(DEMO_SECOND_REFRESH_TOKEN);
     let env = [
         ("SPAPI_ENDPOINT", simulator.url()),
         ("SPAPI_TOKEN_URL", simulator.token_url()),
@@ -487,6 +545,7 @@ async fn demo(listen: SocketAddr) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     let sim_url = simulator.url();
+    let token_url = simulator.token_url();
     serve_until_signal(&config, None, |addr| {
         println!("spapi-proxy demo: the proxy on http://{addr} forwards to a local SP-API simulator at {sim_url}.");
         println!("Try (Ctrl-C stops both):\n");
@@ -494,8 +553,42 @@ async fn demo(listen: SocketAddr) -> ExitCode {
         println!("  curl -s 'http://{addr}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-11-01T00:00:00Z'");
         println!("  curl -s 'http://{addr}/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER&includedData=summaries'");
         println!();
+        println!(
+            "simulator credentials: client id {}, client secret {}, refresh tokens {} and {DEMO_SECOND_REFRESH_TOKEN}",
+            sim::SIM_CLIENT_ID,
+            sim::SIM_CLIENT_SECRET,
+            sim::SIM_REFRESH_TOKEN
+        );
+        println!("A proxy.toml of your own (two sellers, two regions) for this simulator; start it with");
+        println!("`spapi-proxy serve --config proxy.toml --listen 127.0.0.1:8081`:\n");
+        print!("{}", demo_config_snippet(&sim_url, &token_url));
+        println!();
     })
     .await
+}
+
+/// A `proxy.toml` pointing every region at the demo's simulator, with two sellers.
+fn demo_config_snippet(sim_url: &str, token_url: &str) -> String {
+    format!(
+        "token_url = \"{token_url}\"\n\
+         [endpoints]\n\
+         na = \"{sim_url}\"\n\
+         eu = \"{sim_url}\"\n\
+         fe = \"{sim_url}\"\n\
+         [credentials]\n\
+         client_id = \"{}\"\n\
+         client_secret = \"{}\"\n\
+         [sellers.us_shop]\n\
+         refresh_token = \"{}\"\n\
+         region = \"na\"\n\
+         default = true\n\
+         [sellers.eu_shop]\n\
+         refresh_token = \"{DEMO_SECOND_REFRESH_TOKEN}\"\n\
+         region = \"eu\"\n",
+        sim::SIM_CLIENT_ID,
+        sim::SIM_CLIENT_SECRET,
+        sim::SIM_REFRESH_TOKEN
+    )
 }
 
 /// mimalloc: the request path allocates and frees many small blocks (header maps, bodies,

@@ -367,7 +367,7 @@ impl Catalog {
 
 /// Edit distance counting a swap of two neighbours as one edit (optimal string alignment),
 /// for "did you mean" suggestions: typos are mostly swaps.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];

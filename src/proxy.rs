@@ -458,7 +458,7 @@ impl Proxy {
         let span = tracing::debug_span!(
             "request",
             %method,
-            %path,
+            path = &*crate::logging::capped(path),
             op = op.map_or("-", |o| o.id.as_str())
         );
         let mut cors_origin = None;
@@ -1065,10 +1065,10 @@ impl Proxy {
                     }
                 }
             }
-            _ => Err(ProxyError::NoRoute {
-                method: method.to_string(),
-                path: path.to_string(),
-            }),
+            _ => Err(ProxyError::NoEndpoint(format!(
+                "{method} {}",
+                crate::logging::capped(path)
+            ))),
         }
     }
 

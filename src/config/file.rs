@@ -111,9 +111,38 @@ pub(super) fn parse(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
             file: file.to_string(),
             line,
             key,
-            message: e.message().to_string(),
+            message: suggest_field(e.message()),
         }
     })
+}
+
+/// serde's "unknown field `lisen`, expected one of `listen`, ..." becomes "unknown field
+/// `lisen`; did you mean `listen`?" when one expected name is close, as operation names do.
+fn suggest_field(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((field, expected)) = rest.split_once("`, expected ") else {
+        return message.to_string();
+    };
+    let nearest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| {
+            let d = crate::operations::edit_distance(
+                &name.to_ascii_lowercase(),
+                &field.to_ascii_lowercase(),
+            );
+            (d, name)
+        })
+        .min();
+    match nearest {
+        Some((d, name)) if d <= (field.len() / 3).max(2) => {
+            format!("unknown field `{field}`; did you mean `{name}`?")
+        }
+        _ => message.to_string(),
+    }
 }
 
 /// The line number and dotted key at byte `offset` of a TOML text, so that a parse error
@@ -143,4 +172,24 @@ fn key_at(text: &str, offset: usize) -> (usize, String) {
         start = end;
     }
     (1, String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_get_a_did_you_mean() {
+        let cases = [
+            ("lisen = \"127.0.0.1:1\"\n", "did you mean `listen`?"),
+            ("inbound_key = []\n", "did you mean `inbound_keys`?"),
+            ("[timeouts]\nconect = 1\n", "did you mean `connect`?"),
+            ("ratelimit = true\n", "did you mean `rate_limit`?"),
+            ("completely_else = 1\n", "expected one of"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text, "t.toml").err().unwrap().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
 }

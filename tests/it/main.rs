@@ -9,6 +9,7 @@ mod dialect;
 mod forwarding;
 mod limits;
 mod observe;
+mod probe;
 mod readme;
 mod recipes;
 mod restricted;

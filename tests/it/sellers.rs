@@ -492,3 +492,147 @@ async fn the_next_client_secret_takes_over_when_lwa_refuses_the_current_one() {
     let text = status.to_string();
     assert!(!text.contains("rotated-secret") && !text.contains(sim::SIM_CLIENT_SECRET));
 }
+
+/// A key limited to acme, from the probe: no application-wide operation, nothing of beta or
+/// gamma in any admin answer or error.
+#[tokio::test]
+async fn a_limited_key_cannot_act_for_the_application_or_see_other_sellers() {
+    let f = Fleet::start("").await;
+    let as_acme = |path: &str| {
+        f.h.client
+            .get(f.h.url(path))
+            .header("x-spapi-proxy-key", ACME_KEY)
+            .send()
+    };
+    // Grantless (notifications destinations) affects every seller: refused, and the simulator
+    // never sees it. The unrestricted key may.
+    let before = f.na().requests().len();
+    let resp = as_acme("/notifications/v1/destinations").await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-spapi-proxy-error"], "seller_not_allowed");
+    assert_eq!(f.na().requests().len(), before);
+    let resp = f.get("/notifications/v1/destinations", &[]).await;
+    assert_eq!(resp.status(), 200);
+
+    let shows_no_other = |what: &str, text: &str| {
+        for name in ["beta", "gamma"] {
+            assert!(!text.contains(name), "{what} shows {name}: {text}");
+        }
+    };
+    for path in [
+        "/_proxy/status",
+        "/_proxy/quota",
+        "/_proxy/metrics",
+        "/_proxy/",
+        "/_proxy/ready",
+    ] {
+        // Some traffic for every seller first, so that each has buckets and series.
+        for seller in ["acme", "beta", "gamma"] {
+            f.get(PARTICIPATIONS, &[("x-spapi-seller", seller)]).await;
+        }
+        let resp = as_acme(path).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("acme"),
+            "{path} shows the key's own seller: {text}"
+        );
+        shows_no_other(path, &text);
+    }
+    // The unrestricted key sees them all.
+    let all = f.get("/_proxy/status", &[]).await.text().await.unwrap();
+    assert!(all.contains("beta") && all.contains("gamma"), "{all}");
+
+    // Naming another seller, existing or not, is refused alike, naming only the key's own
+    // (and what the client named itself).
+    let unnamed = |name: &str, what: &str, text: &str| {
+        for other in ["beta", "gamma"].into_iter().filter(|o| *o != name) {
+            assert!(!text.contains(other), "{what} shows {other}: {text}");
+        }
+    };
+    for name in ["beta", "nosuch"] {
+        let resp = as_acme(&format!("/_proxy/ready?seller={name}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "ready?seller={name}");
+        unnamed(name, "ready", &resp.text().await.unwrap());
+        let resp =
+            f.h.client
+                .get(f.h.url(PARTICIPATIONS))
+                .header("x-spapi-proxy-key", ACME_KEY)
+                .header("x-spapi-seller", name)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 403, "{name}");
+        unnamed(name, "the refusal", &resp.text().await.unwrap());
+    }
+    // An unrestricted key is told which sellers exist.
+    let resp = f.get(PARTICIPATIONS, &[("x-spapi-seller", "nosuch")]).await;
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("beta") && text.contains("gamma"), "{text}");
+}
+
+/// With no default seller, a limited key names its own seller; it is never inferred.
+#[tokio::test]
+async fn without_a_default_a_limited_key_must_name_its_seller() {
+    let f = Fleet::start("").await;
+    let without_default = f.toml.lock().unwrap().replace("default = true\n", "");
+    *f.toml.lock().unwrap() = without_default;
+    assert_eq!(f.reload().await.status(), 200);
+    let send = |seller: Option<&str>| {
+        let mut req =
+            f.h.client
+                .get(f.h.url(PARTICIPATIONS))
+                .header("x-spapi-proxy-key", ACME_KEY);
+        if let Some(s) = seller {
+            req = req.header("x-spapi-seller", s);
+        }
+        req.send()
+    };
+    let resp = send(None).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("acme") && !text.contains("beta"), "{text}");
+    assert_eq!(send(Some("acme")).await.unwrap().status(), 200);
+}
+
+/// An editor's empty or half-written file, or one without keys, is refused on reload; the
+/// proxy keeps serving every seller with the keys it had.
+#[tokio::test]
+async fn a_reload_that_would_drop_every_seller_or_key_is_refused() {
+    let f = Fleet::start("").await;
+    let good = f.toml.lock().unwrap().clone();
+    let keyless = good
+        .lines()
+        .filter(|l| !l.starts_with("inbound_keys"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let token_url = good.lines().find(|l| l.starts_with("token_url")).unwrap();
+    for (what, text) in [
+        ("empty", String::new()),
+        (
+            "sellers cut off",
+            format!("rate_limit = false\ninbound_keys = [\"{ADMIN_KEY}\"]\n{token_url}\n"),
+        ),
+        ("no keys", keyless),
+    ] {
+        *f.toml.lock().unwrap() = text;
+        let resp = f.reload().await;
+        assert_eq!(resp.status(), 400, "{what}");
+        for seller in ["acme", "beta", "gamma"] {
+            let resp = f.get(PARTICIPATIONS, &[("x-spapi-seller", seller)]).await;
+            assert_eq!(resp.status(), 200, "{what}: {seller}");
+        }
+        let keyless =
+            f.h.client
+                .get(f.h.url(PARTICIPATIONS))
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(keyless.status(), 401, "{what}: keys still required");
+    }
+    *f.toml.lock().unwrap() = good;
+    assert_eq!(f.reload().await.status(), 200);
+}

@@ -81,11 +81,25 @@ impl Harness {
 
     /// `proxy` (built from `config`) in front of `sim`.
     pub async fn with_proxy(sim: Simulator, proxy: Proxy, config: &Config) -> Harness {
+        Harness::with_proxy_on(sim, proxy, config, "127.0.0.1:0").await
+    }
+
+    /// `proxy` (built from `config`) in front of `sim`, listening on `addr`.
+    pub async fn with_proxy_on(
+        sim: Simulator,
+        proxy: Proxy,
+        config: &Config,
+        addr: &str,
+    ) -> Harness {
         let proxy = Arc::new(proxy);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let bound = listener.local_addr().unwrap();
         proxy.set_bound(bound);
-        let url = format!("http://{bound}");
+        let url = if bound.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", bound.port())
+        } else {
+            format!("http://{bound}")
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let mut settings = server::ServerSettings::from_config(config);
         settings.grace = Duration::from_secs(5);
