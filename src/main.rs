@@ -236,13 +236,17 @@ fn explain(method: &str, path: &str, config: Option<&Path>, seller: Option<&str>
 /// The base URL of the address `serve` would listen on with `config` (the file's `listen`,
 /// SPAPI_LISTEN winning), if the config can be read.
 fn listen_url(config: Option<&Path>) -> Option<String> {
-    let listen = load_config(config).ok()?.listen;
+    Some(local_url(load_config(config).ok()?.listen))
+}
+
+/// `http://ADDR` for a listen address; 0.0.0.0 (or ::) becomes 127.0.0.1.
+fn local_url(listen: SocketAddr) -> String {
     let ip = if listen.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
         listen.ip()
     };
-    Some(format!("http://{}", SocketAddr::new(ip, listen.port())))
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
 }
 
 /// The proxy's base URL: `--url`, or the listen address from SPAPI_LISTEN (0.0.0.0 becomes
@@ -253,12 +257,7 @@ fn base_url(url: Option<String>) -> String {
             .ok()
             .and_then(|l| l.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let ip = if listen.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            listen.ip()
-        };
-        format!("http://{}", SocketAddr::new(ip, listen.port()))
+        local_url(listen)
     });
     base.trim_end_matches('/').to_string()
 }

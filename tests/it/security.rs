@@ -336,9 +336,7 @@ async fn past_the_connection_cap_idle_connections_make_room() {
 
 #[tokio::test]
 async fn under_a_1024_descriptor_limit_1100_silent_connections_do_not_lock_out_a_client() {
-    let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
+    let prlimit = crate::support::prlimit();
     let Some(prlimit) = prlimit else {
         crate::support::skip(
             "the 1,024-descriptor test",

@@ -246,6 +246,13 @@ pub fn skipped_summary() -> Option<String> {
     })
 }
 
+/// Where util-linux's `prlimit` is, if it is installed.
+pub fn prlimit() -> Option<&'static str> {
+    ["/usr/bin/prlimit", "/bin/prlimit"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
 extern "C" fn print_skipped() {
     if let Some(line) = skipped_summary() {
         eprintln!("{line}");
