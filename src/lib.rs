@@ -5,7 +5,8 @@
 //! - [`config`]: `proxy.toml` and the environment, validated into a [`config::Config`].
 //! - [`server`]: sockets, connections (timeouts, the connection cap), graceful shutdown.
 //! - [`access`]: who may act through the proxy: inbound keys, `Host`, browsers.
-//! - [`proxy`]: the request pipeline; every error becomes a response here.
+//! - [`proxy`]: the request pipeline; every error becomes a response here. Its `admin`
+//!   module holds the `/_proxy/*` endpoints, one file each.
 //! - [`operations`]: the SP-API operation catalog and the (method, path) matcher.
 //! - [`limiter`]: token buckets per operation, the wait queue, Amazon's rate header.
 //! - [`auth`]: which token a request carries: LWA ([`auth::lwa`]), RDT ([`auth::rdt`]),
