@@ -458,6 +458,15 @@ async fn sighup_reloads_the_config_file() {
         proxy.logs()
     );
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let refusal = proxy.logs();
+    let refusal = refusal
+        .lines()
+        .find(|l| l.contains("SIGHUP: the config was not reloaded"))
+        .unwrap();
+    assert!(
+        refusal.contains(" WARN "),
+        "a refused reload is a warning: {refusal}"
+    );
 
     sellers_file(
         &dir,
