@@ -437,7 +437,9 @@ impl Pool {
     }
 
     fn checkin(&self, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+        // With every slot taken, requests are waiting for one: closing this connection (its
+        // task ends and gives the slot back) serves them, where keeping it idle would not.
+        if sender.is_closed() || self.slots.available_permits() == 0 {
             return;
         }
         let mut idle = self.lock();
