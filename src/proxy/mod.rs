@@ -737,14 +737,17 @@ impl Proxy {
 
         // 10. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
         //     and retry requests that are safe to repeat, within the same max wait.
+        //     The bucket slows down on every 429, whether or not the request is retried.
         let mut retries = 0;
-        while upstream.status() == StatusCode::TOO_MANY_REQUESTS
-            && self.limiter.enabled()
-            && retries < config.throttle_retries
-            && safe_to_repeat(config, &parts.method)
-            && body.replayable()
-        {
+        while upstream.status() == StatusCode::TOO_MANY_REQUESTS {
             self.limiter.throttled(&ctx.key, op);
+            let retry = self.limiter.enabled()
+                && retries < config.throttle_retries
+                && safe_to_repeat(config, &parts.method)
+                && body.replayable();
+            if !retry {
+                break;
+            }
             let Ok(waited) = self
                 .limiter
                 .acquire(&ctx.key, op, remaining(deadline))

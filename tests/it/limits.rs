@@ -184,6 +184,33 @@ async fn a_429_from_amazon_is_retried_only_when_safe() {
     assert_eq!(json(resp).await["errors"][0]["code"], "QuotaExceeded");
 }
 
+/// Amazon's 429 slows the bucket down even when the request is not retried: with
+/// `throttle_retries = 0`, and for a POST that is never repeated.
+#[tokio::test]
+async fn a_429_slows_the_bucket_whether_or_not_it_is_retried() {
+    let h = Harness::limited(
+        "throttle_retries = 0\n[operations.getCatalogItem]\nrate = 2.0\nburst = 2\n",
+    )
+    .await;
+    let item = "/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER";
+    let bucket = |quota: &serde_json::Value, op: &str| {
+        quota["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["operation"].as_str().is_some_and(|o| o.ends_with(op)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {op} bucket: {quota}"))
+    };
+    h.sim.answer_next(AmazonAnswer::QuotaExceeded, 1);
+    let resp = h.get(item).await;
+    assert_eq!(resp.status(), 429, "not retried: throttle_retries = 0");
+    let quota = json(h.get("/_proxy/quota").await).await;
+    let catalog = bucket(&quota, "getCatalogItem");
+    assert_eq!(catalog["rate_source"], "throttled", "{catalog}");
+    assert!(catalog["rate"].as_f64().unwrap() < 2.0, "{catalog}");
+}
+
 #[tokio::test]
 async fn max_wait_refuses_locally_with_retry_after() {
     let h = Harness::limited("[operations.getCatalogItem]\nrate = 2.0\nburst = 2\n").await;
