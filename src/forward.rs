@@ -360,7 +360,7 @@ struct Pool {
     /// Upstream connections this process may hold, shared by every region's pool: the file
     /// descriptors kept back from clients, so that a flood of clients cannot leave none for
     /// Amazon. Each connection holds a permit until it closes.
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<UpstreamSlots>,
     /// How long a request waits for a free slot before it is answered 503.
     slot_wait: Duration,
 }
@@ -382,22 +382,25 @@ impl Pool {
                 return Ok((idle.sender, true));
             }
         }
-        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+        let slot = match Arc::clone(&self.slots.semaphore).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
                 // Idle connections of this pool hold slots they may not need.
                 self.lock().clear();
-                tokio::time::timeout(self.slot_wait, Arc::clone(&self.slots).acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .ok_or_else(|| {
-                        ProxyError::LocalResources(format!(
-                            "all {} upstream connections this proxy keeps descriptors for are \
+                tokio::time::timeout(
+                    self.slot_wait,
+                    Arc::clone(&self.slots.semaphore).acquire_owned(),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| {
+                    ProxyError::LocalResources(format!(
+                        "all {} upstream connections this proxy keeps descriptors for are \
                              busy",
-                            self.slots_total()
-                        ))
-                    })?
+                        self.slots.total
+                    ))
+                })?
             }
         };
         let io = self
@@ -432,14 +435,10 @@ impl Pool {
         Ok((sender, false))
     }
 
-    fn slots_total(&self) -> usize {
-        UPSTREAM_SLOTS_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     fn checkin(&self, sender: SendRequest<UpstreamBody>) {
         // With every slot taken, requests are waiting for one: closing this connection (its
         // task ends and gives the slot back) serves them, where keeping it idle would not.
-        if sender.is_closed() || self.slots.available_permits() == 0 {
+        if sender.is_closed() || self.slots.semaphore.available_permits() == 0 {
             return;
         }
         let mut idle = self.lock();
@@ -452,24 +451,30 @@ impl Pool {
     }
 }
 
-/// The size of the last slot semaphore made, for messages.
-static UPSTREAM_SLOTS_TOTAL: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+/// Upstream connections this process may hold, shared by every region's pool.
+#[derive(Debug)]
+pub struct UpstreamSlots {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    /// How many there are, for messages.
+    total: usize,
+}
 
-/// The upstream connection slots for a proxy whose clients may hold `client_connections`
-/// descriptors: what the descriptor limit leaves, less a margin for token calls, the listener
-/// and the runtime's own (at least 8).
-pub fn upstream_slots(client_connections: usize) -> Arc<tokio::sync::Semaphore> {
-    /// Descriptors for token calls (their own pool), the listener, the runtime and logs.
-    const MARGIN: usize = 32;
-    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let soft = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
-    let n = soft
-        .saturating_sub(client_connections)
-        .saturating_sub(MARGIN)
-        .max(8);
-    UPSTREAM_SLOTS_TOTAL.store(n, std::sync::atomic::Ordering::Relaxed);
-    Arc::new(tokio::sync::Semaphore::new(n))
+impl UpstreamSlots {
+    /// The slots for a proxy whose clients may hold `client_connections` descriptors: what
+    /// the descriptor limit leaves, less a margin for token calls, the listener and the
+    /// runtime's own (at least 8).
+    pub fn for_clients(client_connections: usize) -> Arc<UpstreamSlots> {
+        /// Descriptors for token calls (their own pool), the listener, the runtime and logs.
+        const MARGIN: usize = 32;
+        let total = crate::server::fd_soft_limit()
+            .saturating_sub(client_connections)
+            .saturating_sub(MARGIN)
+            .max(8);
+        Arc::new(UpstreamSlots {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        })
+    }
 }
 
 /// Sends requests to the SP-API endpoint over the pool.
@@ -494,7 +499,7 @@ impl Forwarder {
     pub fn new(
         config: &Config,
         endpoint: &Url,
-        slots: Arc<tokio::sync::Semaphore>,
+        slots: Arc<UpstreamSlots>,
     ) -> Result<Forwarder, String> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);

@@ -68,60 +68,59 @@ fn needs_escape(s: &str, quote: bool) -> bool {
         && (quote && s.contains(['"', '\\']) || s.chars().any(is_control))
 }
 
-/// Appends `s` to a text line with every control character escaped (`\n`, `\r`, `\t`,
-/// `\u{1b}`), so that no field can start a forged line or send escape sequences.
+/// How a field's text is written: as is in a text line, or inside a JSON string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    Text,
+    Json,
+}
+
+impl Escape {
+    /// Appends `s` with every control character escaped (`\n`, `\r`, `\t`, then `\u{1b}` in
+    /// text, `\u001b` in JSON), so that no field can start a forged line or send escape
+    /// sequences; in JSON, quotes and backslashes too (JSON itself requires only C0 escaped).
+    fn push(self, line: &mut String, s: &str) {
+        let json = self == Escape::Json;
+        if !needs_escape(s, json) {
+            line.push_str(s);
+            return;
+        }
+        for c in s.chars() {
+            match c {
+                '"' if json => line.push_str("\\\""),
+                '\\' if json => line.push_str("\\\\"),
+                '\n' => line.push_str("\\n"),
+                '\r' => line.push_str("\\r"),
+                '\t' => line.push_str("\\t"),
+                c if is_control(c) && json => {
+                    let _ = write!(line, "\\u{:04x}", c as u32);
+                }
+                c if is_control(c) => {
+                    let _ = write!(line, "\\u{{{:x}}}", c as u32);
+                }
+                c => line.push(c),
+            }
+        }
+    }
+
+    /// Escapes, in place, what was appended to `line` since `start` (for values formatted by
+    /// their own `Debug` or `Display`).
+    fn tail(self, line: &mut String, start: usize) {
+        if start < line.len() && needs_escape(&line[start..], self == Escape::Json) {
+            let tail = line.split_off(start);
+            self.push(line, &tail);
+        }
+    }
+}
+
+/// Appends `s` to a text line, control characters escaped (see [`Escape::push`]).
 pub fn push_text(line: &mut String, s: &str) {
-    if !needs_escape(s, false) {
-        line.push_str(s);
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c if is_control(c) => {
-                let _ = write!(line, "\\u{{{:x}}}", c as u32);
-            }
-            c => line.push(c),
-        }
-    }
+    Escape::Text.push(line, s);
 }
 
-/// Appends `s` as the inside of a JSON string: quotes and backslashes escaped, and every
-/// control character as `\uXXXX`, C1 and U+2028/2029 included (JSON itself requires only C0).
+/// Appends `s` as the inside of a JSON string, escaped (see [`Escape::push`]).
 pub fn push_json(line: &mut String, s: &str) {
-    if !needs_escape(s, true) {
-        line.push_str(s);
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c if is_control(c) => {
-                let _ = write!(line, "\\u{:04x}", c as u32);
-            }
-            c => line.push(c),
-        }
-    }
-}
-
-/// Escapes, in place, what was appended to `line` since `start` (for values formatted by
-/// their own `Debug` or `Display`).
-fn escape_tail(line: &mut String, start: usize, json: bool) {
-    if start >= line.len() || !needs_escape(&line[start..], json) {
-        return;
-    }
-    let tail = line.split_off(start);
-    if json {
-        push_json(line, &tail);
-    } else {
-        push_text(line, &tail);
-    }
+    Escape::Json.push(line, s);
 }
 
 /// `2026-11-23T21:40:55.123Z  INFO spapi_proxy::proxy: request method=GET status=200 ...`
@@ -236,6 +235,7 @@ where
     let mut visitor = Fields {
         line,
         result: Ok(()),
+        style: Escape::Text,
     };
     event.record(&mut visitor);
     visitor.result?;
@@ -243,18 +243,37 @@ where
     Ok(())
 }
 
+/// Writes an event's fields in either format.
 struct Fields<'a> {
     line: &'a mut String,
     /// A field's `Debug` can fail; the first failure is kept.
     result: fmt::Result,
+    style: Escape,
 }
 
 impl Fields<'_> {
+    /// ` name=` in text (the message bare), `,"name":` in JSON.
     fn key(&mut self, field: &Field) {
-        self.line.push(' ');
-        if field.name() != "message" {
-            self.line.push_str(field.name());
-            self.line.push('=');
+        match self.style {
+            Escape::Text => {
+                self.line.push(' ');
+                if field.name() != "message" {
+                    self.line.push_str(field.name());
+                    self.line.push('=');
+                }
+            }
+            Escape::Json => {
+                self.line.push_str(",\"");
+                push_json(self.line, field.name());
+                self.line.push_str("\":");
+            }
+        }
+    }
+
+    /// A JSON string's quote; nothing in text.
+    fn quote(&mut self) {
+        if self.style == Escape::Json {
+            self.line.push('"');
         }
     }
 }
@@ -262,7 +281,9 @@ impl Fields<'_> {
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        push_text(self.line, value);
+        self.quote();
+        self.style.push(self.line, value);
+        self.quote();
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -275,17 +296,34 @@ impl Visit for Fields<'_> {
         self.line.push_str(itoa::Buffer::new().format(value));
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        match self.style {
+            Escape::Text => self.record_debug(field, &value),
+            Escape::Json => {
+                self.key(field);
+                if value.is_finite() {
+                    let _ = write!(self.line, "{value}");
+                } else {
+                    self.line.push_str("null");
+                }
+            }
+        }
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.record_str(field, if value { "true" } else { "false" });
+        self.key(field);
+        self.line.push_str(if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field);
+        self.quote();
         if self.result.is_ok() {
             let start = self.line.len();
             self.result = write!(self.line, "{value:?}");
-            escape_tail(self.line, start, false);
+            self.style.tail(self.line, start);
         }
+        self.quote();
     }
 }
 
@@ -313,9 +351,10 @@ where
         line.push_str("\",\"level\":\"");
         line.push_str(meta.level().as_str());
         line.push('"');
-        let mut visitor = JsonFields {
+        let mut visitor = Fields {
             line: &mut line,
             result: Ok(()),
+            style: Escape::Json,
         };
         event.record(&mut visitor);
         visitor.result?;
@@ -323,63 +362,6 @@ where
         push_json(&mut line, meta.target());
         line.push_str("\"}\n");
         writer.write_str(&line)
-    }
-}
-
-struct JsonFields<'a> {
-    line: &'a mut String,
-    result: fmt::Result,
-}
-
-impl JsonFields<'_> {
-    fn key(&mut self, field: &Field) {
-        self.line.push_str(",\"");
-        push_json(self.line, field.name());
-        self.line.push_str("\":");
-    }
-}
-
-impl Visit for JsonFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        self.line.push('"');
-        push_json(self.line, value);
-        self.line.push('"');
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.line, "{value}");
-        } else {
-            self.line.push_str("null");
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.line.push_str(if value { "true" } else { "false" });
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
-        self.line.push('"');
-        if self.result.is_ok() {
-            let start = self.line.len();
-            self.result = write!(self.line, "{value:?}");
-            escape_tail(self.line, start, true);
-        }
-        self.line.push('"');
     }
 }
 

@@ -262,14 +262,6 @@ fn base_url(url: Option<String>) -> String {
     base.trim_end_matches('/').to_string()
 }
 
-/// `http://host:port` of a full URL, for messages.
-fn base_url_of(url: &str) -> String {
-    match url.find("/_proxy/") {
-        Some(i) => url[..i].to_string(),
-        None => url.to_string(),
-    }
-}
-
 /// What a command says when the proxy cannot be reached: for a refused connection, the
 /// question a user needs ("is the proxy running?") rather than the client library's chain.
 fn unreachable_message(base: &str, e: &reqwest::Error) -> String {
@@ -282,10 +274,6 @@ fn unreachable_message(base: &str, e: &reqwest::Error) -> String {
     } else {
         format!("{base}: {}", spapi_proxy::forward::describe(e))
     }
-}
-
-fn health_url(url: Option<String>) -> String {
-    format!("{}/_proxy/health", base_url(url))
 }
 
 /// A client for the proxy's own endpoints, presenting `SPAPI_PROXY_KEY` (or the first of
@@ -318,7 +306,8 @@ async fn admin_call(
     path: &str,
 ) -> Result<serde_json::Value, String> {
     let client = admin_client()?;
-    let url = format!("{}{path}", base_url(url));
+    let base = base_url(url);
+    let url = format!("{base}{path}");
     let request = if post {
         client.post(&url)
     } else {
@@ -327,7 +316,7 @@ async fn admin_call(
     let resp = request
         .send()
         .await
-        .map_err(|e| unreachable_message(&base_url_of(&url), &e))?;
+        .map_err(|e| unreachable_message(&base, &e))?;
     let status = resp.status();
     let body = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
     if !status.is_success() {
@@ -376,7 +365,8 @@ async fn refresh_tokens(url: Option<String>, seller: Option<String>) -> ExitCode
 }
 
 async fn health(url: Option<String>) -> ExitCode {
-    let url = health_url(url);
+    let base = base_url(url);
+    let url = format!("{base}/_proxy/health");
     let client = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
         .no_proxy()
@@ -398,7 +388,7 @@ async fn health(url: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("unhealthy: {}", unreachable_message(&base_url_of(&url), &e));
+            eprintln!("unhealthy: {}", unreachable_message(&base, &e));
             ExitCode::FAILURE
         }
     }

@@ -62,9 +62,14 @@ impl ServerSettings {
 
 /// The soft `RLIMIT_NOFILE` less an eighth (at least 64) for upstream, token and log files.
 pub fn default_max_connections() -> usize {
-    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let soft = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
+    let soft = fd_soft_limit();
     soft.saturating_sub((soft / 8).max(64)).max(16)
+}
+
+/// The soft `RLIMIT_NOFILE` now (1,024 if it cannot be read; at most 2^20).
+pub fn fd_soft_limit() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20)
 }
 
 /// Raises the soft file-descriptor limit to the hard one, so the cap can be as high as the

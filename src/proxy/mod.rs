@@ -101,8 +101,8 @@ pub struct Proxy {
     catalog: &'static Catalog,
     /// Outlives reloads: buckets keep their state when the config changes.
     limiter: Arc<Limiter>,
-    /// Upstream connections the descriptor limit leaves room for (see [`forward::upstream_slots`]).
-    slots: Arc<tokio::sync::Semaphore>,
+    /// Upstream connections the descriptor limit leaves room for.
+    slots: Arc<forward::UpstreamSlots>,
     /// Everything the config decides, swapped whole by a reload; a request keeps the state it
     /// started with until it ends.
     state: ArcSwap<State>,
@@ -256,7 +256,7 @@ impl State {
     fn new(
         config: Config,
         limiter: &Arc<Limiter>,
-        slots: &Arc<tokio::sync::Semaphore>,
+        slots: &Arc<forward::UpstreamSlots>,
         previous: Option<&State>,
     ) -> Result<State, ConfigError> {
         let auth = match previous {
@@ -307,7 +307,7 @@ impl Proxy {
         let clients = config
             .max_connections
             .unwrap_or_else(crate::server::default_max_connections);
-        let slots = forward::upstream_slots(clients);
+        let slots = forward::UpstreamSlots::for_clients(clients);
         let state = State::new(config.clone(), &limiter, &slots, None)?;
         Ok(Proxy {
             catalog: Catalog::builtin(),
@@ -1138,7 +1138,7 @@ mod tests {
         let toml = "restricted_data = \"always\"\n[operations.ordersV0.getOrder]\ndata_elements = [\"buyerInfo\"]\n";
         let config = Config::from_toml_str(toml, "t.toml", &env).unwrap();
         let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(&config)));
-        let slots = forward::upstream_slots(1000);
+        let slots = forward::UpstreamSlots::for_clients(1000);
         let state = State::new(config, &limiter, &slots, None).unwrap();
         let config = Arc::clone(&state.config);
         let mut path_bound = 0;

@@ -25,6 +25,22 @@ pub fn command(dir: &PathBuf) -> Command {
     cmd
 }
 
+/// `serve` on a free loopback port under `prlimit --nofile=N:N`, in a fresh directory with an
+/// empty environment; `None`, after [`crate::support::skip`], where prlimit is not installed.
+pub fn serve_under_nofile(test: &str, nofile: u32) -> Option<Command> {
+    let Some(prlimit) = crate::support::prlimit() else {
+        crate::support::skip(test, "prlimit (util-linux) is not installed");
+        return None;
+    };
+    let mut cmd = Command::new(prlimit);
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(scratch_dir(&format!("nofile-{nofile}")))
+        .env_clear();
+    Some(cmd)
+}
+
 #[test]
 fn check_with_a_bad_config_names_the_key_and_fails() {
     let dir = scratch_dir("bad-config");

@@ -9,7 +9,7 @@ use spapi_proxy::sim::{self, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::cli::{command, scratch_dir, LoggedProxy, BIN};
+use crate::cli::{command, scratch_dir, serve_under_nofile, LoggedProxy, BIN};
 use crate::support::{config_for, sim_env, Harness};
 
 const PARTICIPATIONS: &str = "/sellers/v1/marketplaceParticipations";
@@ -412,11 +412,7 @@ async fn health_follows_the_listen_address_in_the_file() {
 /// or the proxy's own 503, never a 502 blaming Amazon for "Too many open files".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_is_a_503_of_our_own_not_amazons_fault() {
-    let Some(prlimit) = crate::support::prlimit() else {
-        crate::support::skip(
-            "the descriptor-exhaustion test",
-            "prlimit (util-linux) is not installed",
-        );
+    let Some(mut cmd) = serve_under_nofile("the descriptor-exhaustion test", 256) else {
         return;
     };
     let limit = spapi_proxy::server::raise_fd_limit();
@@ -426,13 +422,7 @@ async fn out_of_descriptors_is_a_503_of_our_own_not_amazons_fault() {
     );
     let sim = Simulator::start().await.unwrap();
     sim.set_upstream_latency(Duration::from_millis(1500));
-    let mut cmd = Command::new(prlimit);
-    cmd.arg("--nofile=256:256")
-        .arg(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(scratch_dir("emfile"))
-        .env_clear()
-        .envs(sim_env(&sim))
+    cmd.envs(sim_env(&sim))
         .env("SPAPI_RATE_LIMIT", "off")
         .env("RUST_LOG", "warn,spapi_proxy=info");
     let proxy = LoggedProxy::spawn(cmd);

@@ -10,7 +10,7 @@ use spapi_proxy::sim::Simulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{command, scratch_dir, LoggedProxy, BIN};
+use crate::cli::{command, scratch_dir, serve_under_nofile, LoggedProxy, BIN};
 use crate::support::{json, raw, raw_status, sim_env, Harness};
 
 const KEY: &str = "test-key-0123456789abcdef";
@@ -336,12 +336,7 @@ async fn past_the_connection_cap_idle_connections_make_room() {
 
 #[tokio::test]
 async fn under_a_1024_descriptor_limit_1100_silent_connections_do_not_lock_out_a_client() {
-    let prlimit = crate::support::prlimit();
-    let Some(prlimit) = prlimit else {
-        crate::support::skip(
-            "the 1,024-descriptor test",
-            "prlimit (util-linux) is not installed",
-        );
+    let Some(mut cmd) = serve_under_nofile("the 1,024-descriptor test", 1024) else {
         return;
     };
     // This test process holds the 1,100 client ends itself.
@@ -351,18 +346,8 @@ async fn under_a_1024_descriptor_limit_1100_silent_connections_do_not_lock_out_a
         "the test needs 2,400 descriptors, has {limit}"
     );
     let sim = Simulator::start().await.unwrap();
-    let mut cmd = command(&scratch_dir("prlimit"));
-    cmd.arg("--nofile=1024:1024")
-        .arg(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .envs(sim_env(&sim))
-        .env("RUST_LOG", "info");
-    let mut cmd_with_prlimit = Command::new(prlimit);
-    cmd_with_prlimit
-        .args(cmd.get_args())
-        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-        .current_dir(cmd.get_current_dir().unwrap());
-    let proxy = LoggedProxy::spawn(cmd_with_prlimit);
+    cmd.envs(sim_env(&sim)).env("RUST_LOG", "info");
+    let proxy = LoggedProxy::spawn(cmd);
     let addr = proxy.addr.clone();
     let mut silent = Vec::new();
     for _ in 0..1100 {
