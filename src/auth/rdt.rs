@@ -159,7 +159,8 @@ impl Minter {
         if let Some(rate) = limiter::rate_header(&headers) {
             let q = &self.quota;
             q.limiter
-                .observe_rate(&q.key, limiter::mint_operation(), rate);
+                .observe_rate(&q.key, limiter::mint_operation(), rate)
+                .await;
         }
         if status.is_success() {
             let answer: RdtAnswer = serde_json::from_slice(&bytes).map_err(|e| {

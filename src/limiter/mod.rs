@@ -1,18 +1,27 @@
-//! Rate limits: a token bucket per (seller, region, operation), a FIFO queue in front of
-//! each, and adaptation to the rate Amazon reports in `x-amzn-RateLimit-Limit`.
+//! Rate limits: a bucket per (application, seller, region, operation), a FIFO queue in front
+//! of each, and pacing that adapts to what Amazon says.
 //!
 //! Amazon's usage plans are per application + seller pair and operation, in each region, so
-//! the buckets are keyed by [`Key`] and operation; grantless operations count against the
-//! application's own key.
+//! the buckets are named that way ([`store::BucketName`]); grantless operations count against
+//! the application's own key.
 //!
 //! - [`settings`]: the limiter's settings and quota policy (catalog, overrides, sandbox).
-//! - [`store`]: where a bucket's tokens live; in memory today, a shared store later.
+//! - [`pacing`]: the policy of one bucket: GCRA slots, Amazon's header as a ceiling, the cut
+//!   on a 429 and the slow climb back.
+//! - [`store`]: where a bucket's state lives: this process's memory, or (`shared_state`)
+//!   Redis, shared by replicas.
+//!
+//! A request waits in its bucket's local queue; the head of the queue reserves the next slot
+//! from the store and sleeps until it, so each replica holds at most one reservation ahead
+//! and a cut rate applies from the next request on. A request Amazon throttled reserves again
+//! without queueing: it goes before everything queued behind it.
 
+pub mod pacing;
 pub mod settings;
 pub mod store;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,8 +34,9 @@ use crate::config::QuotaSource;
 use crate::error::ProxyError;
 use crate::key::Key;
 use crate::operations::{Catalog, Operation};
+use pacing::Slot;
 pub use settings::{Settings, SANDBOX_QUOTA};
-use store::{MemoryStore, Store, Tokens};
+use store::{BucketName, BucketStore, MemoryStore, Shape, StoredBucket};
 
 /// A request that takes a bucket's last whole token is sent this much later. Amazon's bucket
 /// starts refilling when our first request *arrives*; if a later request's trip is shorter than
@@ -41,7 +51,7 @@ pub enum RateSource {
     Configured(QuotaSource),
     /// Amazon's `x-amzn-RateLimit-Limit` header.
     Amazon,
-    /// Halved after Amazon answered 429.
+    /// Below the ceiling since Amazon answered 429, climbing back.
     Throttled,
 }
 
@@ -108,13 +118,20 @@ struct Bucket {
     burst: u32,
     /// The configured shape it was made with, so that a reload can tell what changed.
     configured: crate::config::Quota,
-    tokens: Box<dyn Tokens>,
+    source: QuotaSource,
+    /// The config's rate for the operation, which Amazon's header cannot lift.
+    hard_ceiling: Option<f64>,
+    stored: Arc<dyn StoredBucket>,
     /// A tokio mutex: fair, so waiters get their turn first come, first served. Only the head
-    /// of the queue holds it, across its sleep until the next token.
+    /// of the queue holds it, across its sleep until its reserved slot.
     queue: tokio::sync::Mutex<()>,
     waiting: AtomicUsize,
-    /// Wakes the head when the rate changes, so it need not sleep to a stale deadline.
+    /// Wakes the head when the rate changes, so it can trade its slot for one at the new rate.
     changed: Notify,
+    /// The last rate Amazon's header reported (f64 bits; 0: none yet): the store hears of a
+    /// rate only when it changes, not on every answer.
+    reported: AtomicU64,
+    amazon_seen: AtomicBool,
     /// Touched only on a 429, never on the way to a token.
     recent: Mutex<Recent>,
 }
@@ -135,19 +152,51 @@ impl Drop for Place<'_> {
     }
 }
 
+/// A reserved slot not yet used: given back to the store if the waiter leaves first.
+struct Held {
+    bucket: Arc<dyn StoredBucket>,
+    slot: Option<Slot>,
+}
+
+impl Held {
+    fn used(mut self) {
+        self.slot = None;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let bucket = Arc::clone(&self.bucket);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { bucket.release(slot).await });
+            }
+        }
+    }
+}
+
 impl Bucket {
     /// How long `ahead` more requests would wait for their tokens.
     fn estimate(&self, ahead: usize) -> Duration {
-        let missing = (ahead as f64 + 1.0 - self.tokens.available()).max(0.0);
-        Duration::from_secs_f64(missing / self.tokens.rate().0)
+        let r = self.stored.reading();
+        let missing = (ahead as f64 + 1.0 - r.tokens).max(0.0);
+        Duration::try_from_secs_f64(missing / r.rate).unwrap_or(Duration::MAX)
     }
 
-    /// Replaces the rate, carrying over the tokens the bucket holds now.
-    fn set_rate(&self, rate: f64, source: RateSource) {
-        if self.tokens.set_rate(rate, source) {
-            tracing::info!(bucket = %self.label, rate, source = source.name(), "rate changed");
-            self.changed.notify_waiters();
-        }
+    fn rate(&self) -> (f64, RateSource) {
+        let r = self.stored.reading();
+        let source = if r.throttled {
+            RateSource::Throttled
+        } else if self.amazon_seen.load(Ordering::Relaxed)
+            && self
+                .hard_ceiling
+                .is_none_or(|h| f64::from_bits(self.reported.load(Ordering::Relaxed)) <= h)
+        {
+            RateSource::Amazon
+        } else {
+            RateSource::Configured(self.source)
+        };
+        (r.rate, source)
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -160,13 +209,68 @@ impl Bucket {
         refuse(wait, reason)
     }
 
-    /// Amazon throttled us anyway: someone else is using the quota. Empty the bucket and halve
-    /// the rate until Amazon's header says otherwise.
-    fn throttled(&self) {
-        self.recent().amazon = Some(Instant::now());
-        let rate = self.tokens.rate().0 / 2.0;
-        self.set_rate(rate.max(1e-4), RateSource::Throttled);
-        self.tokens.drain();
+    fn too_late(&self, wait: Duration, max_wait: Duration) -> ProxyError {
+        self.refuse(
+            wait,
+            format!(
+                "{} did not get quota within {:.1} s",
+                self.label,
+                max_wait.as_secs_f64()
+            ),
+        )
+    }
+
+    /// Amazon reported `rate`: the store hears of it when it differs from the last report.
+    async fn observe(&self, rate: f64) {
+        self.amazon_seen.store(true, Ordering::Relaxed);
+        if self.reported.swap(rate.to_bits(), Ordering::Relaxed) == rate.to_bits() {
+            return;
+        }
+        let before = self.stored.reading().rate;
+        self.stored.observe(rate).await;
+        let after = self.stored.reading().rate;
+        if (after - before).abs() > 1e-9 {
+            tracing::info!(bucket = %self.label, rate = after, "rate changed");
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Reserves the next slot within `deadline` and sleeps until it; a rate changed meanwhile
+    /// trades the slot for one at the new rate.
+    async fn take_slot(
+        &self,
+        deadline: Instant,
+        max_wait: Duration,
+    ) -> Result<Option<Slot>, ProxyError> {
+        loop {
+            let now = Instant::now();
+            let slot = match self
+                .stored
+                .reserve(deadline.saturating_duration_since(now))
+                .await
+            {
+                Ok(slot) => slot,
+                Err(wait) => return Err(self.too_late(wait, max_wait)),
+            };
+            if slot.wait <= 0.0 {
+                return Ok(Some(slot));
+            }
+            let held = Held {
+                bucket: Arc::clone(&self.stored),
+                slot: Some(slot),
+            };
+            let at = now + Duration::from_secs_f64(slot.wait);
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {
+                    held.used();
+                    return Ok(Some(slot));
+                }
+                () = self.changed.notified() => {
+                    held.used();
+                    self.stored.release(slot).await;
+                }
+            }
+        }
     }
 }
 
@@ -181,7 +285,7 @@ fn refuse(wait: Duration, reason: String) -> ProxyError {
 /// Every bucket, created on first use.
 pub struct Limiter {
     settings: ArcSwap<Settings>,
-    store: Box<dyn Store>,
+    store: Arc<dyn BucketStore>,
     /// Looked up on every request with limiting on: foldhash, not SipHash, for the string key.
     buckets: Mutex<HashMap<BucketKey, Arc<Bucket>, foldhash::quality::RandomState>>,
 }
@@ -195,13 +299,13 @@ impl std::fmt::Debug for Limiter {
 }
 
 impl Limiter {
-    /// Buckets shaped by `settings`, their tokens kept in memory.
+    /// Buckets shaped by `settings`, kept in memory.
     pub fn new(settings: Settings) -> Limiter {
-        Limiter::with_store(settings, Box::new(MemoryStore))
+        Limiter::with_store(settings, Arc::new(MemoryStore::default()))
     }
 
-    /// Buckets shaped by `settings`, their tokens kept in `store`.
-    pub fn with_store(settings: Settings, store: Box<dyn Store>) -> Limiter {
+    /// Buckets shaped by `settings`, kept in `store`.
+    pub fn with_store(settings: Settings, store: Arc<dyn BucketStore>) -> Limiter {
         Limiter {
             settings: ArcSwap::from_pointee(settings),
             store,
@@ -243,23 +347,34 @@ impl Limiter {
             return Arc::clone(b);
         }
         let (quota, source) = settings.quota(op);
-        let label = match op {
+        let label: String = match op {
             Some(o) => o.qualified(),
             None if settings.sandbox => "sandbox".into(),
             None => "unknown".into(),
         };
-        let tokens = self
-            .store
-            .tokens(&bucket_key, quota, RateSource::Configured(source));
+        let name = BucketName {
+            application: Arc::clone(&settings.application),
+            key: key.clone(),
+            operation: Arc::from(label.as_str()),
+        };
+        let shape = Shape {
+            rate: quota.rate,
+            burst: quota.burst,
+            hard_ceiling: op.and_then(|o| settings.rate_override(o)),
+        };
         let bucket = Arc::new(Bucket {
             label: format!("{label} ({key})"),
             api: op.map_or_else(String::new, |o| o.api.clone()),
             burst: quota.burst,
             configured: quota,
-            tokens,
+            source,
+            hard_ceiling: shape.hard_ceiling,
+            stored: self.store.open(name, shape),
             queue: tokio::sync::Mutex::new(()),
             waiting: AtomicUsize::new(0),
             changed: Notify::new(),
+            reported: AtomicU64::new(0),
+            amazon_seen: AtomicBool::new(false),
             recent: Mutex::default(),
         });
         buckets.insert(bucket_key, Arc::clone(&bucket));
@@ -303,7 +418,7 @@ impl Limiter {
         Ok(())
     }
 
-    /// Waits for a token for `op` under `key` (FIFO per bucket) for at most `max_wait`;
+    /// Waits for a slot for `op` under `key` (FIFO per bucket) for at most `max_wait`;
     /// returns how long the request waited. Past `max_wait`, or with the queue full, the
     /// request is refused at once with the time after which a retry may succeed.
     pub async fn acquire(
@@ -321,58 +436,62 @@ impl Limiter {
         self.refuse_early(&bucket, max_wait)?;
         let _place = Place::take(&bucket.waiting);
         let Ok(head) = tokio::time::timeout_at(deadline, bucket.queue.lock()).await else {
-            return Err(bucket.refuse(
+            return Err(bucket.too_late(
                 bucket.estimate(bucket.waiting.load(Ordering::SeqCst)),
-                format!(
-                    "{} did not get quota within {:.1} s",
-                    bucket.label,
-                    max_wait.as_secs_f64()
-                ),
+                max_wait,
             ));
         };
-        loop {
-            match bucket.tokens.take() {
-                Ok(left) => {
-                    drop(head);
-                    if left == 0 {
-                        tokio::time::sleep(PACING_MARGIN).await;
-                    }
-                    return Ok(started.elapsed());
-                }
-                Err(next) if next > deadline => {
-                    drop(head);
-                    return Err(bucket.refuse(
-                        next - Instant::now(),
-                        format!(
-                            "{} did not get quota within {:.1} s",
-                            bucket.label,
-                            max_wait.as_secs_f64()
-                        ),
-                    ));
-                }
-                Err(next) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(next) => {}
-                        () = bucket.changed.notified() => {}
-                    }
-                }
-            }
-        }
+        let slot = bucket.take_slot(deadline, max_wait).await;
+        drop(head);
+        Self::sent(slot?, started).await
     }
 
-    /// Amazon reported the rate it applies to `op` for `key`.
-    pub fn observe_rate(&self, key: &Key, op: Option<&Operation>, rate: f64) {
+    /// Like [`Limiter::acquire`], for a request Amazon throttled: it does not queue again
+    /// behind the requests that came after it, but takes the next slot.
+    pub async fn acquire_again(
+        &self,
+        key: &Key,
+        op: Option<&Operation>,
+        max_wait: Duration,
+    ) -> Result<Duration, ProxyError> {
+        if !self.enabled() {
+            return Ok(Duration::ZERO);
+        }
+        let bucket = self.bucket(key, op);
+        let started = Instant::now();
+        let _place = Place::take(&bucket.waiting);
+        let slot = bucket.take_slot(started + max_wait, max_wait).await;
+        Self::sent(slot?, started).await
+    }
+
+    async fn sent(slot: Option<Slot>, started: Instant) -> Result<Duration, ProxyError> {
+        if slot.is_some_and(|s| s.left == 0) {
+            tokio::time::sleep(PACING_MARGIN).await;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Amazon reported the rate it applies to `op` for `key`: a ceiling for the bucket.
+    pub async fn observe_rate(&self, key: &Key, op: Option<&Operation>, rate: f64) {
         // The sandbox's shared limit is not the per-operation rate its answers may report.
         let settings = self.settings.load();
         if settings.enabled && !settings.sandbox && rate.is_finite() && rate > 0.0 {
-            self.bucket(key, op).set_rate(rate, RateSource::Amazon);
+            self.bucket(key, op).observe(rate).await;
         }
     }
 
-    /// Amazon answered 429 for `op` under `key`.
-    pub fn throttled(&self, key: &Key, op: Option<&Operation>) {
+    /// Amazon answered 429 for `op` under `key` to a request sent at `sent`: someone else
+    /// draws on the quota.
+    pub async fn throttled(&self, key: &Key, op: Option<&Operation>, sent: Instant) {
         if self.enabled() {
-            self.bucket(key, op).throttled();
+            let bucket = self.bucket(key, op);
+            bucket.recent().amazon = Some(Instant::now());
+            let before = bucket.stored.reading().rate;
+            bucket.stored.throttled(sent.elapsed()).await;
+            let after = bucket.stored.reading().rate;
+            if (after - before).abs() > 1e-9 {
+                tracing::info!(bucket = %bucket.label, rate = after, "Amazon answered 429; rate cut");
+            }
         }
     }
 
@@ -389,7 +508,7 @@ impl Limiter {
         let mut views: Vec<BucketView> = buckets
             .into_iter()
             .map(|(k, b)| {
-                let (rate, source) = b.tokens.rate();
+                let (rate, source) = b.rate();
                 let recent = *b.recent();
                 let now = Instant::now();
                 let ago = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
@@ -406,7 +525,7 @@ impl Limiter {
                     api: b.api.clone(),
                     rate,
                     burst: b.burst,
-                    tokens: b.tokens.available(),
+                    tokens: b.stored.reading().tokens,
                     waiting: b.waiting.load(Ordering::SeqCst),
                     source,
                     last_local_429: ago(recent.local),
@@ -442,7 +561,7 @@ impl Limiter {
 
     /// The bucket's current rate and source (for tests and `explain`).
     pub fn rate_of(&self, key: &Key, op: Option<&Operation>) -> (f64, RateSource) {
-        self.bucket(key, op).tokens.rate()
+        self.bucket(key, op).rate()
     }
 }
 
@@ -493,7 +612,7 @@ mod tests {
 
         assert!(l.acquire(&k(), item, Duration::ZERO).await.is_err());
         tokio::time::advance(Duration::from_secs(5)).await;
-        l.throttled(&k(), item);
+        l.throttled(&k(), item, Instant::now()).await;
         tokio::time::advance(Duration::from_secs(2)).await;
         let v = view(&l);
         assert_eq!(v.last_local_429, Some(Duration::from_secs(7)));
@@ -635,23 +754,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn amazons_header_moves_the_rate_down_and_up() {
-        let l = limiter(CATALOG_ITEM);
+        // The catalog's 2/s, burst 2: Amazon's header replaces it both ways.
+        let l = limiter("");
         let item = op("getCatalogItem");
         for _ in 0..2 {
             l.acquire(&k(), item, Duration::from_secs(60))
                 .await
                 .unwrap();
         }
-        l.observe_rate(&k(), item, 0.5);
+        l.observe_rate(&k(), item, 0.5).await;
         assert_eq!(l.rate_of(&k(), item), (0.5, RateSource::Amazon));
         let started = Instant::now();
         l.acquire(&k(), item, Duration::from_secs(60))
             .await
             .unwrap();
         let down = started.elapsed();
-        assert!(down >= Duration::from_millis(1990), "{down:?}");
+        assert!(down >= Duration::from_millis(1900), "{down:?}");
 
-        l.observe_rate(&k(), item, 10.0);
+        l.observe_rate(&k(), item, 10.0).await;
         let started = Instant::now();
         for _ in 0..5 {
             l.acquire(&k(), item, Duration::from_secs(60))
@@ -664,9 +784,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_configured_rate_is_a_ceiling_amazons_header_cannot_lift() {
+        let l = limiter(CATALOG_ITEM.replace("2.0", "1.0").as_str());
+        let item = op("getCatalogItem");
+        l.observe_rate(&k(), item, 10.0).await;
+        assert_eq!(l.rate_of(&k(), item).0, 1.0);
+        l.observe_rate(&k(), item, 0.5).await;
+        assert_eq!(l.rate_of(&k(), item), (0.5, RateSource::Amazon));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_waiter_follows_a_rate_raised_while_it_sleeps() {
-        let l = limiter("[operations.getOrders]\nrate = 0.1\nburst = 1\n");
-        let orders = op("getOrders");
+        // An operation without a published plan: the default rate, which Amazon's header lifts.
+        let l = limiter("default_rate = 0.1\ndefault_burst = 1\n");
+        let orders = op("listAccounts");
         l.acquire(&k(), orders, Duration::from_secs(60))
             .await
             .unwrap();
@@ -675,7 +806,7 @@ mod tests {
             tokio::spawn(async move { l.acquire(&k(), orders, Duration::from_secs(60)).await })
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
-        l.observe_rate(&k(), orders, 10.0);
+        l.observe_rate(&k(), orders, 10.0).await;
         let waited = waiter.await.unwrap().unwrap();
         assert!(waited < Duration::from_secs(2), "{waited:?}");
     }
@@ -684,13 +815,15 @@ mod tests {
     async fn throttling_empties_and_slows_the_bucket() {
         let l = limiter(CATALOG_ITEM);
         let item = op("getCatalogItem");
-        l.throttled(&k(), item);
-        assert_eq!(l.rate_of(&k(), item), (1.0, RateSource::Throttled));
+        l.throttled(&k(), item, Instant::now()).await;
+        let cut = 2.0 * pacing::CUT;
+        assert_eq!(l.rate_of(&k(), item), (cut, RateSource::Throttled));
         let started = Instant::now();
         l.acquire(&k(), item, Duration::from_secs(60))
             .await
             .unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(990));
+        let waited = started.elapsed().as_secs_f64();
+        assert!(waited >= 1.0 / cut - 0.01, "{waited}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -716,7 +849,7 @@ mod tests {
             waited >= Duration::from_millis(180),
             "the 16th waits for 1/5 s: {waited:?}"
         );
-        l.observe_rate(&k(), op("getOrders"), 0.0167);
+        l.observe_rate(&k(), op("getOrders"), 0.0167).await;
         let snapshot = l.snapshot();
         assert_eq!(snapshot["buckets"].as_array().unwrap().len(), 1);
         assert_eq!(snapshot["buckets"][0]["operation"], "sandbox");

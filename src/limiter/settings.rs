@@ -2,6 +2,9 @@
 //! the default for everything else, and the sandbox's one shared limit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Quota, QuotaSource};
 use crate::operations::Operation;
@@ -15,6 +18,9 @@ pub const SANDBOX_QUOTA: Quota = Quota {
 /// What the limiter needs from the config, taken once per (re)load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// The application whose quota this is: a fingerprint of the LWA client id, the first
+    /// part of every bucket's name.
+    pub application: Arc<str>,
     /// Whether local limiting is on (`rate_limit`).
     pub enabled: bool,
     /// Whether every operation shares the sandbox's one limit.
@@ -31,6 +37,7 @@ impl Settings {
     /// The limiter's part of `config`.
     pub fn from_config(config: &Config) -> Settings {
         Settings {
+            application: application(config.credentials.client_id.as_deref().unwrap_or("")),
             enabled: config.rate_limit,
             sandbox: config.sandbox,
             max_queue: config.max_queue,
@@ -42,6 +49,11 @@ impl Settings {
                 .map(|(&i, s)| (i, (s.rate, s.burst)))
                 .collect(),
         }
+    }
+
+    /// The rate `[operations.*]` sets for `op`: a ceiling Amazon's header cannot lift.
+    pub fn rate_override(&self, op: &Operation) -> Option<f64> {
+        self.overrides.get(&op.index).and_then(|(rate, _)| *rate)
     }
 
     /// The bucket shape for `op` (or for unknown requests), and where it came from.
@@ -66,6 +78,17 @@ impl Settings {
         };
         (quota, source)
     }
+}
+
+/// The first 12 hex digits of the client id's SHA-256: short, stable, and the same in every
+/// replica that holds the same credentials.
+pub fn application(client_id: &str) -> Arc<str> {
+    let digest = Sha256::digest(client_id.as_bytes());
+    let mut out = String::with_capacity(12);
+    for b in &digest[..6] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Arc::from(out)
 }
 
 #[cfg(test)]

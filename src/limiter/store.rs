@@ -1,160 +1,189 @@
-//! Where a bucket's tokens live: the seam under the FIFO queue. [`MemoryStore`] keeps them in
-//! this process (governor's GCRA); a store shared by several proxies (Redis) would implement
-//! the same two traits, and the queue in front of each bucket would not change.
+//! Where a bucket's state lives: the seam under the FIFO queue. [`MemoryStore`] keeps it in this
+//! process; `shared::buckets::RedisStore` keeps it in Redis for several replicas. Both run the
+//! same policy ([`super::pacing`]) and are asked the same things: reserve a slot, give one
+//! back, note a 429, note Amazon's rate.
+//!
+//! Buckets are named by what Amazon's usage plans are keyed by ([`BucketName`]), never by a
+//! position in a table that could differ between two builds of the proxy.
 
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota as GovernorQuota, RateLimiter};
 use tokio::time::Instant;
 
-use super::{BucketKey, RateSource};
-use crate::config::Quota;
+use super::pacing::{Pacing, Reading, Slot};
+use crate::key::Key;
 
-/// Makes the token state of each bucket.
-pub trait Store: Send + Sync + std::fmt::Debug {
-    /// The tokens of a new bucket `key` with shape `quota`, full.
-    fn tokens(&self, key: &BucketKey, quota: Quota, source: RateSource) -> Box<dyn Tokens>;
+/// A future a store answers with.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A bucket's stable name: the application, the seller (none: the application's own grantless
+/// calls), the region and the operation (`api.operationId`, `unknown` or `sandbox`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BucketName {
+    /// A short fingerprint of the LWA client id (the application).
+    pub application: Arc<str>,
+    /// The seller and region.
+    pub key: Key,
+    /// `api.operationId`, `unknown` or `sandbox`.
+    pub operation: Arc<str>,
 }
 
-/// One bucket's tokens.
-pub trait Tokens: Send + Sync {
-    /// Takes a token: `Ok(whole tokens left)`, or `Err(when the next one comes)`.
-    fn take(&self) -> Result<u32, Instant>;
-    /// Tokens in the bucket now (fractional: refilling).
-    fn available(&self) -> f64;
-    /// The current rate and where it came from.
-    fn rate(&self) -> (f64, RateSource);
-    /// Replaces the rate, keeping the tokens held now; returns whether the rate changed.
-    fn set_rate(&self, rate: f64, source: RateSource) -> bool;
-    /// Empties the bucket.
-    fn drain(&self);
-}
-
-/// governor's clock, read from tokio's: tests pause tokio's time and the buckets follow it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioClock;
-
-impl Clock for TokioClock {
-    type Instant = std::time::Instant;
-
-    fn now(&self) -> std::time::Instant {
-        Instant::now().into_std()
+impl BucketName {
+    /// `application:seller:region:operation`, the seller `-` for the application's own calls.
+    pub fn path(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.application,
+            self.key.seller.as_deref().unwrap_or("-"),
+            self.key.region.name(),
+            self.operation
+        )
     }
 }
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
-
-fn gcra(rate: f64, burst: u32) -> Gcra {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let quota = GovernorQuota::with_period(period)
-        .unwrap_or_else(|| GovernorQuota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-    RateLimiter::direct_with_clock(quota, TokioClock)
-        .with_middleware::<StateInformationMiddleware>()
+/// The shape a bucket is made with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// The catalog's, the config's or the default rate.
+    pub rate: f64,
+    /// Bucket size.
+    pub burst: u32,
+    /// The rate set in the config, if any: Amazon's header cannot lift the rate above it.
+    pub hard_ceiling: Option<f64>,
 }
 
-/// Buckets in this process's memory.
-#[derive(Debug, Default)]
-pub struct MemoryStore;
+/// Opens buckets.
+pub trait BucketStore: Send + Sync + std::fmt::Debug {
+    /// The bucket `name`, made with `shape` if it does not exist yet.
+    fn open(&self, name: BucketName, shape: Shape) -> Arc<dyn StoredBucket>;
+}
 
-impl Store for MemoryStore {
-    fn tokens(&self, _key: &BucketKey, quota: Quota, source: RateSource) -> Box<dyn Tokens> {
-        Box::new(MemoryTokens {
-            burst: quota.burst,
-            state: Mutex::new(State {
-                gcra: gcra(quota.rate, quota.burst),
-                rate: quota.rate,
-                source,
-                remaining: quota.burst,
-                measured_at: Instant::now(),
-            }),
-        })
+/// One bucket's state, wherever it lives.
+pub trait StoredBucket: Send + Sync {
+    /// Reserves the next slot if it comes within `max_wait`; else how long until it would.
+    fn reserve(&self, max_wait: Duration) -> Pending<'_, Result<Slot, Duration>>;
+    /// Gives a reserved slot back, if no later one was reserved since.
+    fn release(&self, slot: Slot) -> Pending<'_, ()>;
+    /// Amazon answered 429 to a request sent `age` ago.
+    fn throttled(&self, age: Duration) -> Pending<'_, ()>;
+    /// Amazon reported this rate.
+    fn observe(&self, rate: f64) -> Pending<'_, ()>;
+    /// Where the bucket stands (for a shared bucket: as last seen).
+    fn reading(&self) -> Reading;
+}
+
+/// Buckets in this process's memory, on tokio's clock (tests pause it).
+#[derive(Debug)]
+pub struct MemoryStore {
+    epoch: Instant,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            epoch: Instant::now(),
+        }
     }
 }
 
-struct MemoryTokens {
-    burst: u32,
-    state: Mutex<State>,
-}
-
-struct State {
-    gcra: Gcra,
-    rate: f64,
-    source: RateSource,
-    /// Whole tokens left after the last take, and when; governor does not expose its state
-    /// without taking a token, so this is what `available` is computed from.
-    remaining: u32,
-    measured_at: Instant,
-}
-
-impl State {
-    fn tokens_now(&self, burst: u32) -> f64 {
-        let refilled = self.measured_at.elapsed().as_secs_f64() * self.rate;
-        (f64::from(self.remaining) + refilled).min(f64::from(burst))
+impl BucketStore for MemoryStore {
+    fn open(&self, _name: BucketName, shape: Shape) -> Arc<dyn StoredBucket> {
+        Arc::new(MemoryBucket::new(self.epoch, shape, f64::from(shape.burst)))
     }
 }
 
-impl MemoryTokens {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// One bucket in memory.
+pub struct MemoryBucket {
+    epoch: Instant,
+    pacing: Mutex<Pacing>,
 }
 
-impl Tokens for MemoryTokens {
-    fn take(&self) -> Result<u32, Instant> {
-        let mut s = self.lock();
-        match s.gcra.check() {
-            Ok(snapshot) => {
-                s.remaining = snapshot.remaining_burst_capacity();
-                s.measured_at = Instant::now();
-                Ok(s.remaining)
-            }
-            Err(not_until) => {
-                s.remaining = 0;
-                s.measured_at = Instant::now();
-                let wait = not_until.wait_time_from(TokioClock.now());
-                Err(Instant::now() + wait)
-            }
+impl MemoryBucket {
+    /// A bucket of `shape` holding `initial` tokens.
+    pub fn new(epoch: Instant, shape: Shape, initial: f64) -> MemoryBucket {
+        let now = Instant::now()
+            .saturating_duration_since(epoch)
+            .as_secs_f64();
+        MemoryBucket {
+            epoch,
+            pacing: Mutex::new(Pacing::new(
+                now,
+                shape.rate,
+                shape.burst,
+                shape.hard_ceiling,
+                initial,
+            )),
         }
     }
 
-    fn available(&self) -> f64 {
-        self.lock().tokens_now(self.burst)
+    fn now(&self) -> f64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_secs_f64()
     }
 
-    fn rate(&self) -> (f64, RateSource) {
-        let s = self.lock();
-        (s.rate, s.source)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pacing> {
+        // Every change to Pacing is plain arithmetic that cannot panic half-way.
+        self.pacing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_rate(&self, rate: f64, source: RateSource) -> bool {
-        let mut s = self.lock();
-        let changed = (s.rate - rate).abs() > 1e-9;
-        if !changed && s.source == source {
-            return false;
-        }
-        let tokens = s.tokens_now(self.burst).floor() as u32;
-        let fresh = gcra(rate, self.burst);
-        if let Some(used) = NonZeroU32::new(self.burst.saturating_sub(tokens)) {
-            let _ = fresh.check_n(used);
-        }
-        s.gcra = fresh;
-        s.rate = rate;
-        s.source = source;
-        s.remaining = tokens;
-        s.measured_at = Instant::now();
-        changed
+    /// [`StoredBucket::reserve`] without the future.
+    pub fn reserve_now(&self, max_wait: Duration) -> Result<Slot, Duration> {
+        let now = self.now();
+        self.lock()
+            .reserve(now, max_wait.as_secs_f64())
+            .map_err(|wait| Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
     }
 
-    fn drain(&self) {
-        let mut s = self.lock();
-        while s.gcra.check().is_ok() {}
-        s.remaining = 0;
-        s.measured_at = Instant::now();
+    /// [`StoredBucket::release`] without the future.
+    pub fn release_now(&self, slot: &Slot) {
+        let now = self.now();
+        self.lock().release(now, slot);
+    }
+
+    /// [`StoredBucket::throttled`] without the future.
+    pub fn throttled_now(&self, age: Duration) {
+        let now = self.now();
+        self.lock().throttled(now, age.as_secs_f64());
+    }
+
+    /// [`StoredBucket::observe`] without the future.
+    pub fn observe_now(&self, rate: f64) {
+        let now = self.now();
+        self.lock().observe(now, rate);
+    }
+
+    /// [`StoredBucket::reading`].
+    pub fn reading_now(&self) -> Reading {
+        let now = self.now();
+        self.lock().reading(now)
+    }
+}
+
+impl StoredBucket for MemoryBucket {
+    fn reserve(&self, max_wait: Duration) -> Pending<'_, Result<Slot, Duration>> {
+        Box::pin(std::future::ready(self.reserve_now(max_wait)))
+    }
+
+    fn release(&self, slot: Slot) -> Pending<'_, ()> {
+        self.release_now(&slot);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn throttled(&self, age: Duration) -> Pending<'_, ()> {
+        self.throttled_now(age);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn observe(&self, rate: f64) -> Pending<'_, ()> {
+        self.observe_now(rate);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn reading(&self) -> Reading {
+        self.reading_now()
     }
 }

@@ -693,6 +693,7 @@ impl Proxy {
         }
 
         // 8. Forward.
+        let mut sent_at = Instant::now();
         let mut upstream = self
             .send(&ctx, &parts, &target, &mut body, &chosen.token)
             .await?;
@@ -715,6 +716,7 @@ impl Proxy {
                         .limiter
                         .acquire(&ctx.key, op, remaining(deadline))
                         .await?;
+                    sent_at = Instant::now();
                     upstream = self
                         .send(&ctx, &parts, &target, &mut body, &chosen.token)
                         .await?;
@@ -736,11 +738,14 @@ impl Proxy {
         }
 
         // 10. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
-        //     and retry requests that are safe to repeat, within the same max wait.
+        //     and retry requests that are safe to repeat, within the same max wait, taking
+        //     the next slot rather than rejoining the back of the queue.
         //     The bucket slows down on every 429, whether or not the request is retried.
         let mut retries = 0;
         while upstream.status() == StatusCode::TOO_MANY_REQUESTS {
-            self.limiter.throttled(&ctx.key, op);
+            self.limiter
+                .throttled(&ctx.key, op, tokio::time::Instant::from_std(sent_at))
+                .await;
             let retry = self.limiter.enabled()
                 && retries < config.throttle_retries
                 && safe_to_repeat(config, &parts.method)
@@ -748,9 +753,10 @@ impl Proxy {
             if !retry {
                 break;
             }
+            // At the front of the queue: it waited its turn once already.
             let Ok(waited) = self
                 .limiter
-                .acquire(&ctx.key, op, remaining(deadline))
+                .acquire_again(&ctx.key, op, remaining(deadline))
                 .await
             else {
                 break;
@@ -762,6 +768,7 @@ impl Proxy {
                 retries,
                 "Amazon answered 429; retrying after waiting for quota"
             );
+            sent_at = Instant::now();
             upstream = self
                 .send(&ctx, &parts, &target, &mut body, &chosen.token)
                 .await?;
@@ -887,7 +894,7 @@ impl Proxy {
         }
         if self.limiter.enabled() {
             if let Some(rate) = limiter::rate_header(resp.headers()) {
-                self.limiter.observe_rate(&ctx.key, ctx.op, rate);
+                self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
             }
         }
         Ok(Upstream::Streaming(resp))

@@ -273,8 +273,8 @@ async fn the_status_page_shows_buckets_tokens_and_sellers_but_no_secret() {
         html.contains("<td>sellingpartnerapi::notifications</td><td>age "),
         "{html}"
     );
-    // getOrders: its one token taken, one local 429; the rate is the one the simulator's
-    // x-amzn-RateLimit-Limit header announced, which outranks the configured guess.
+    // getOrders: its one token taken, one local 429; the rate is the configured one, a
+    // ceiling the simulator's higher x-amzn-RateLimit-Limit (0.0167) cannot lift.
     assert!(
         html.contains("<td>paged</td><td>na</td><td>ordersV0.getOrders</td>"),
         "{html}"
@@ -284,7 +284,7 @@ async fn the_status_page_shows_buckets_tokens_and_sellers_but_no_secret() {
         .find(|r| r.contains("ordersV0.getOrders"))
         .unwrap();
     assert!(
-        row.contains("0.0 / 1</td><td>0.0167</td><td>amazon</td><td>0</td><td>1, last ")
+        row.contains("0.0 / 1</td><td>0.01</td><td>config</td><td>0</td><td>1, last ")
             && row.ends_with("s ago</td><td>0</td></tr>"),
         "{row}"
     );
@@ -426,7 +426,7 @@ async fn the_status_page_in_a_headless_browser() {
     // was), Amazon 429s.
     let row = orders(&buckets);
     assert!(
-        row.contains("0.0 / 1 0.0167 amazon 0 1, last ") && row.ends_with("s ago 0"),
+        row.contains("0.0 / 1 0.01 config 0 1, last ") && row.ends_with("s ago 0"),
         "{buckets:?}"
     );
     assert!(
@@ -449,7 +449,7 @@ async fn the_status_page_in_a_headless_browser() {
         loop {
             // Mid-reload, the rows read may vanish under the driver: read again.
             if let Ok(buckets) = rows("#buckets tr.bucket").await {
-                if orders(&buckets).contains(" amazon 0 2, last ") {
+                if orders(&buckets).contains(" config 0 2, last ") {
                     return buckets;
                 }
             }
