@@ -8,7 +8,10 @@
 //! - [`proxy`]: the request pipeline; every error becomes a response here. Its `admin`
 //!   module holds the `/_proxy/*` endpoints, one file each.
 //! - [`operations`]: the SP-API operation catalog and the (method, path) matcher.
-//! - [`limiter`]: token buckets per operation, the wait queue, Amazon's rate header.
+//! - [`limiter`]: token buckets per operation, the wait queue, the pacing policy, and the
+//!   store seam under the buckets.
+//! - [`shared`]: what replicas share through Redis (`shared_state`): buckets as a Lua pacing
+//!   step, tokens encrypted with a fetch lock, and the fallback while Redis is away.
 //! - [`auth`]: which token a request carries: LWA ([`auth::lwa`]), RDT ([`auth::rdt`]),
 //!   grantless ([`auth::grantless`]).
 //! - [`forward`]: the upstream side: header hygiene, signing headers, the pooled client.
@@ -61,6 +64,7 @@ pub mod proxy;
 pub mod region;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod sim;
 pub mod status_page;
 pub mod target;

@@ -134,6 +134,11 @@ pub struct Metrics {
     pub bucket_waiting: Family<BucketLabels, Gauge>,
     /// Open client connections.
     pub client_connections: Gauge,
+    /// With `shared_state`: 1 while Redis answers, 0 while the proxy runs on its fallback
+    /// limits (its share of each bucket, `1/replicas`).
+    pub shared_state_up: Gauge,
+    /// Times Redis stopped answering and the proxy fell back to local limits.
+    pub shared_state_outages: Counter,
     /// The histograms' series per catalog operation (the last slot for `-`), resolved once:
     /// looking a series up in its family hashes the labels under a lock on every request.
     upstream_by_op: Box<[OnceLock<Histogram>]>,
@@ -167,6 +172,8 @@ impl Metrics {
             bucket_tokens: Family::default(),
             bucket_waiting: Family::default(),
             client_connections: Gauge::default(),
+            shared_state_up: Gauge::default(),
+            shared_state_outages: Counter::default(),
             registry: Registry::default(),
             upstream_by_op: per_operation(),
             queue_wait_by_op: per_operation(),
@@ -261,6 +268,16 @@ impl Metrics {
             "client_connections",
             "Open client connections",
             m.client_connections.clone(),
+        );
+        registry.register(
+            "shared_state_up",
+            "1 while the shared state (Redis) answers, 0 while limits are local (shared_state only)",
+            m.shared_state_up.clone(),
+        );
+        registry.register(
+            "shared_state_outages",
+            "Times the shared state (Redis) stopped answering",
+            m.shared_state_outages.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -72,6 +72,29 @@ pub fn throttled(count: &Value, last: &Value) -> String {
     }
 }
 
+/// A line on the shared state, if there is one: which Redis, and whether limits are shared or
+/// this replica's local share.
+fn shared_state(shared: &Value) -> String {
+    if shared.is_null() {
+        return String::new();
+    }
+    let up = shared["up"] == Value::Bool(true);
+    format!(
+        "<p id=\"shared\">Shared state {}: <span class=\"{}\">{}</span>, {} replicas.</p>",
+        esc(&text(&shared["url"])),
+        if up { "ok" } else { "bad" },
+        if up {
+            "up, buckets and tokens shared".to_string()
+        } else {
+            format!(
+                "unreachable, each bucket limited to 1/{} locally",
+                esc(&text(&shared["replicas"]))
+            )
+        },
+        esc(&text(&shared["replicas"])),
+    )
+}
+
 /// The page for `status` (what `/_proxy/status` answers).
 pub fn render(status: &Value) -> String {
     let mut h = String::new();
@@ -88,7 +111,7 @@ pub fn render(status: &Value) -> String {
          .fill{{display:block;height:100%;background:#4a8}}</style></head><body>\
          <h1>spapi-proxy {}</h1>\
          <p id=\"summary\">Rate limiting {}; client secret in use: <b>{}</b>. This page reloads \
-         every {REFRESH_SECS} s.</p>",
+         every {REFRESH_SECS} s.</p>{}",
         esc(&text(&status["version"])),
         if status["rate_limit"] == Value::Bool(true) {
             "on"
@@ -96,6 +119,7 @@ pub fn render(status: &Value) -> String {
             "off"
         },
         esc(&text(&status["client_secret"])),
+        shared_state(&status["shared_state"]),
     );
 
     h.push_str("<h2>Sellers</h2><table id=\"sellers\"><tr><th>seller</th><th>region</th><th>state</th><th>access token</th><th>dataElements refused</th></tr>");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::grantless::Grantless;
 use super::lwa::{ClientSecrets, LwaClient};
+use super::store::TokenStore;
 use crate::config::{Config, ConfigError};
 
 /// The application's LWA client and grantless tokens.
@@ -35,7 +36,11 @@ fn secrets(config: &Config) -> Result<ClientSecrets, ConfigError> {
 
 impl App {
     /// The application `config` describes; nothing is fetched yet.
-    pub fn new(config: &Config, http: reqwest::Client) -> Result<App, ConfigError> {
+    pub fn new(
+        config: &Config,
+        http: reqwest::Client,
+        store: Option<Arc<dyn TokenStore>>,
+    ) -> Result<App, ConfigError> {
         let secrets = secrets(config)?;
         let client_id = config.credentials.client_id.clone().unwrap_or_default();
         let lwa = Arc::new(LwaClient::new(
@@ -47,7 +52,7 @@ impl App {
             config.token_retries,
         ));
         Ok(App {
-            grantless: Grantless::new(Arc::clone(&lwa)),
+            grantless: Grantless::new(Arc::clone(&lwa), store),
             lwa,
         })
     }

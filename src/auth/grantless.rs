@@ -5,20 +5,23 @@ use std::sync::{Arc, Mutex};
 
 use super::cache::{Token, TokenCache};
 use super::lwa::{self, Grant, LwaClient};
+use super::store::TokenStore;
 use crate::error::TokenError;
 
 /// One [`TokenCache`] per scope, created on first use.
 #[derive(Debug)]
 pub struct Grantless {
     client: Arc<LwaClient>,
+    store: Option<Arc<dyn TokenStore>>,
     scopes: Mutex<HashMap<String, TokenCache>>,
 }
 
 impl Grantless {
     /// No tokens yet.
-    pub fn new(client: Arc<LwaClient>) -> Grantless {
+    pub fn new(client: Arc<LwaClient>, store: Option<Arc<dyn TokenStore>>) -> Grantless {
         Grantless {
             client,
+            store,
             scopes: Mutex::new(HashMap::new()),
         }
     }
@@ -33,6 +36,7 @@ impl Grantless {
                     Grant::ClientCredentials {
                         scope: scope.to_string(),
                     },
+                    self.store.as_ref(),
                 )
             })
             .clone()

@@ -10,6 +10,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::cache::{FreshToken, TokenCache};
+use super::store::{self, Shared, TokenStore};
 use crate::error::TokenError;
 use crate::secret::Secret;
 
@@ -231,6 +232,11 @@ impl LwaClient {
         form.finish()
     }
 
+    /// The application's LWA client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     fn parse(&self, status: http::StatusCode, body: &[u8]) -> Result<FreshToken, TokenError> {
         if status.is_success() {
             let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| {
@@ -273,20 +279,39 @@ impl LwaClient {
     }
 }
 
-/// An empty token cache for an LWA grant; the first `get` fetches.
-pub fn cache(client: Arc<LwaClient>, grant: Grant) -> TokenCache {
-    let label = match &grant {
-        Grant::RefreshToken(_) => "lwa refresh_token".to_string(),
-        Grant::ClientCredentials { scope } => format!("lwa client_credentials {scope}"),
+/// An empty token cache for an LWA grant; the first `get` fetches. With a store, replicas
+/// share the token: named by the application and the refresh token (or scope).
+pub fn cache(
+    client: Arc<LwaClient>,
+    grant: Grant,
+    store: Option<&Arc<dyn TokenStore>>,
+) -> TokenCache {
+    let (label, name) = match &grant {
+        Grant::RefreshToken(r) => (
+            "lwa refresh_token".to_string(),
+            store::name("lwa", &[&client.client_id, r.expose()]),
+        ),
+        Grant::ClientCredentials { scope } => (
+            format!("lwa client_credentials {scope}"),
+            store::name("grantless", &[&client.client_id, scope]),
+        ),
     };
+    // Longer than a fetch with all its retries can take.
+    let lock_ttl = client.timeout * (client.retries + 1) + Duration::from_secs(5);
+    let shared = store.map(|store| Shared {
+        store: Arc::clone(store),
+        name,
+        lock_ttl,
+    });
     let grant = Arc::new(grant);
-    TokenCache::new(
+    TokenCache::with_store(
         label,
         Arc::new(move || {
             let client = Arc::clone(&client);
             let grant = Arc::clone(&grant);
             Box::pin(async move { client.fetch(&grant).await })
         }),
+        shared,
     )
 }
 

@@ -8,6 +8,7 @@
 //! - [`rdt`]: Restricted Data Tokens, cached per restricted resource.
 //! - [`grantless`]: client_credentials tokens, cached per scope.
 //! - [`pii`]: dataElements the application turned out to have no role for.
+//! - [`store`]: where replicas share tokens (the seam under the caches), with wall-clock expiry.
 
 pub mod app;
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod lwa;
 pub mod pii;
 pub mod rdt;
 pub mod seller;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -33,8 +35,9 @@ use app::App;
 use cache::Token;
 use lwa::Grant;
 use pii::PiiRoles;
-use rdt::{MintQuota, Minter, RdtCache, RdtResource, ReportTypes};
+use rdt::{MintQuota, Minter, RdtCache, RdtResource, ReportTypes, SharedRdts};
 use seller::SellerAuth;
+use store::TokenStore;
 
 /// Request header naming the seller a request acts for.
 pub const SELLER_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-seller");
@@ -172,6 +175,8 @@ struct Factory {
     app: Arc<App>,
     http: reqwest::Client,
     limiter: Arc<Limiter>,
+    /// Where replicas share tokens (`shared_state`); none in one process.
+    tokens: Option<Arc<dyn TokenStore>>,
     settings: FactorySettings,
 }
 
@@ -204,20 +209,38 @@ impl Factory {
         let token = lwa::cache(
             Arc::clone(&self.app.lwa),
             Grant::RefreshToken(seller.refresh_token.clone()),
+            self.tokens.as_ref(),
         );
         let s = &self.settings;
-        let rdt = RdtCache::new(Minter::new(
-            self.http.clone(),
-            &s.rdt_endpoints[region.index()],
-            token.clone(),
-            s.target_application.clone(),
-            s.token_timeout,
-            MintQuota {
-                limiter: Arc::clone(&self.limiter),
-                key: key.clone(),
-                max_wait: s.max_wait,
-            },
-        ));
+        let rdt_endpoint = &s.rdt_endpoints[region.index()];
+        let shared = self.tokens.as_ref().map(|store| SharedRdts {
+            store: Arc::clone(store),
+            prefix: store::name(
+                "seller",
+                &[
+                    self.app.lwa.client_id(),
+                    seller.refresh_token.expose(),
+                    rdt_endpoint.as_str(),
+                    s.target_application.as_deref().unwrap_or(""),
+                ],
+            ),
+            lock_ttl: s.max_wait + s.token_timeout * 2 + Duration::from_secs(5),
+        });
+        let rdt = RdtCache::new(
+            Minter::new(
+                self.http.clone(),
+                rdt_endpoint,
+                token.clone(),
+                s.target_application.clone(),
+                s.token_timeout,
+                MintQuota {
+                    limiter: Arc::clone(&self.limiter),
+                    key: key.clone(),
+                    max_wait: s.max_wait,
+                },
+            ),
+            shared,
+        );
         SellerAuth::new(
             key,
             token,
@@ -267,9 +290,10 @@ impl Auth {
         config: &Config,
         http: reqwest::Client,
         limiter: Arc<Limiter>,
+        tokens: Option<Arc<dyn TokenStore>>,
     ) -> Result<Self, ConfigError> {
-        let app = Arc::new(App::new(config, http.clone())?);
-        Ok(Auth::assemble(config, app, http, limiter, None))
+        let app = Arc::new(App::new(config, http.clone(), tokens.clone())?);
+        Ok(Auth::assemble(config, app, http, limiter, tokens, None))
     }
 
     /// The same for a reloaded `config`: the application's tokens are kept if it is the same
@@ -280,7 +304,11 @@ impl Auth {
         let app = if same_app {
             Arc::clone(&self.app)
         } else {
-            Arc::new(App::new(config, self.factory.http.clone())?)
+            Arc::new(App::new(
+                config,
+                self.factory.http.clone(),
+                self.factory.tokens.clone(),
+            )?)
         };
         let keep = same_app && FactorySettings::from_config(config) == self.factory.settings;
         Ok(Auth::assemble(
@@ -288,6 +316,7 @@ impl Auth {
             app,
             self.factory.http.clone(),
             Arc::clone(&self.factory.limiter),
+            self.factory.tokens.clone(),
             keep.then_some(self),
         ))
     }
@@ -297,6 +326,7 @@ impl Auth {
         app: Arc<App>,
         http: reqwest::Client,
         limiter: Arc<Limiter>,
+        tokens: Option<Arc<dyn TokenStore>>,
         previous: Option<&Auth>,
     ) -> Auth {
         let factory = match previous {
@@ -305,6 +335,7 @@ impl Auth {
                 app: Arc::clone(&app),
                 http,
                 limiter,
+                tokens,
                 settings: FactorySettings::from_config(config),
             }),
         };

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::cache::{FreshToken, Token, TokenCache};
+use super::store::{self, Shared, TokenStore};
 use crate::error::TokenError;
 use crate::forward::{self, PROXY_USER_AGENT};
 use crate::key::Key;
@@ -235,6 +236,8 @@ fn first_error(body: &[u8]) -> Option<(String, String)> {
 #[derive(Debug)]
 pub struct RdtCache {
     minter: Arc<Minter>,
+    /// Where replicas share RDTs, and the seller's part of their names.
+    shared: Option<SharedRdts>,
     /// Looked up on every restricted request: foldhash (seeded per process) instead of SipHash,
     /// which cost about 700 instructions per lookup.
     entries: Mutex<HashMap<RdtResource, TokenCache, foldhash::quality::RandomState>>,
@@ -243,11 +246,24 @@ pub struct RdtCache {
 /// Past this many cached resources (specific paths accumulate), expired entries are dropped.
 const PRUNE_ABOVE: usize = 1_000;
 
+/// A store for one seller's RDTs.
+#[derive(Debug)]
+pub struct SharedRdts {
+    /// The store.
+    pub store: Arc<dyn TokenStore>,
+    /// A fingerprint of the application, the seller's refresh token, the Tokens API endpoint
+    /// and the target application: each resource's name adds to it.
+    pub prefix: String,
+    /// How long a mint may hold the lock (it may wait for quota first).
+    pub lock_ttl: Duration,
+}
+
 impl RdtCache {
-    /// An empty cache.
-    pub fn new(minter: Minter) -> RdtCache {
+    /// An empty cache, sharing its RDTs through `shared` if given.
+    pub fn new(minter: Minter, shared: Option<SharedRdts>) -> RdtCache {
         RdtCache {
             minter: Arc::new(minter),
+            shared,
             entries: Mutex::new(HashMap::default()),
         }
     }
@@ -262,13 +278,27 @@ impl RdtCache {
         }
         let minter = Arc::clone(&self.minter);
         let key = Arc::new(resource.clone());
-        let cache = TokenCache::new(
+        let shared = self.shared.as_ref().map(|s| Shared {
+            store: Arc::clone(&s.store),
+            name: store::name(
+                "rdt",
+                &[
+                    &s.prefix,
+                    &resource.method,
+                    &resource.path,
+                    &resource.data_elements.join(","),
+                ],
+            ),
+            lock_ttl: s.lock_ttl,
+        });
+        let cache = TokenCache::with_store(
             format!("rdt {} {}", resource.method, resource.path),
             Arc::new(move || {
                 let minter = Arc::clone(&minter);
                 let key = Arc::clone(&key);
                 Box::pin(async move { minter.mint(&key).await })
             }),
+            shared,
         );
         entries.insert(resource.clone(), cache.clone());
         cache

@@ -27,6 +27,9 @@ pub(super) struct Overlay {
     pub client_secret: Option<FromEnv>,
     pub next_client_secret: Option<FromEnv>,
     pub refresh_token: Option<FromEnv>,
+    pub shared_state: Option<FromEnv>,
+    pub shared_state_key: Option<FromEnv>,
+    pub replicas: Option<FromEnv>,
 }
 
 impl Overlay {
@@ -51,6 +54,9 @@ impl Overlay {
             client_secret: first(&["SPAPI_CLIENT_SECRET", "LWA_CLIENT_SECRET"]),
             next_client_secret: first(&["SPAPI_NEXT_CLIENT_SECRET"]),
             refresh_token: first(&["SPAPI_REFRESH_TOKEN", "SP_API_REFRESH_TOKEN"]),
+            shared_state: first(&["SPAPI_SHARED_STATE"]),
+            shared_state_key: first(&["SPAPI_SHARED_STATE_KEY"]),
+            replicas: first(&["SPAPI_REPLICAS"]),
         }
     }
 }

@@ -42,6 +42,9 @@ pub(super) struct RawConfig {
     pub allowed_origins: Option<Vec<String>>,
     pub max_connections: Option<usize>,
     pub h2c: Option<bool>,
+    pub shared_state: Option<String>,
+    pub shared_state_key: Option<String>,
+    pub replicas: Option<u32>,
 }
 
 /// `[endpoints]`: a base URL per region.

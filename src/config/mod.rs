@@ -374,6 +374,86 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Whether HTTP/2 with prior knowledge (h2c) is served besides HTTP/1.1.
     pub h2c: bool,
+    /// Redis holding the buckets and tokens that several replicas share (`shared_state`).
+    pub shared_state: Option<SharedState>,
+    /// How many replicas share the quota (`replicas`): while Redis cannot be reached, each
+    /// limits itself to this share of every bucket.
+    pub replicas: u32,
+}
+
+/// Where replicas share their state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedState {
+    /// `redis://HOST:PORT/DB` or `rediss://` (TLS); may hold a password.
+    pub url: Secret,
+    /// Encrypts the tokens kept in Redis (`shared_state_key`).
+    pub key: Secret,
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState")
+            .field("url", &redacted_url(self.url.expose()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` without its user and password, for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// `shared_state`: a redis:// or rediss:// URL with a host.
+fn parse_shared_state(key: &str, s: &str) -> Result<Secret, ConfigError> {
+    let url = Url::parse(s.trim()).map_err(|_| {
+        invalid(
+            key,
+            format!(
+                "`{}` is not a URL like redis://127.0.0.1:6379/0",
+                redacted_url(s)
+            ),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
+        return Err(invalid(
+            key,
+            format!(
+                "`{}` must be redis://HOST:PORT/DB (or rediss:// for TLS)",
+                redacted_url(s)
+            ),
+        ));
+    }
+    Ok(Secret::new(s.trim()))
+}
+
+/// `shared_state_key`: at least 32 printable characters.
+fn parse_shared_key(key: &str, s: &str) -> Result<Secret, ConfigError> {
+    let v = s.trim();
+    if v.len() < 32 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            key,
+            "the key that encrypts tokens in Redis must be at least 32 printable characters \
+             (e.g. from `openssl rand -hex 32`)",
+        ));
+    }
+    Ok(Secret::new(v))
+}
+
+fn parse_replicas(key: &str, s: &str) -> Result<u32, ConfigError> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            key,
+            format!("`{s}` is not a number of replicas from 1 to 1000"),
+        )),
+    }
 }
 
 fn parse_url(key: &str, s: &str) -> Result<Url, ConfigError> {
@@ -492,6 +572,7 @@ impl Config {
         over: &env::Overlay,
         env: Env<'_>,
     ) -> Result<Config, ConfigError> {
+        let (shared_state, replicas) = Config::shared_state(over, &raw)?;
         let listen = layered(&over.listen, "listen", raw.listen.as_deref(), parse_listen)?
             .map_or_else(|| parse_listen("listen", DEFAULT_LISTEN), Ok)?;
         let region = layered(&over.region, "region", raw.region.as_deref(), Region::parse)?
@@ -716,7 +797,46 @@ impl Config {
             allowed_origins,
             max_connections: raw.max_connections,
             h2c: raw.h2c.unwrap_or(false),
+            shared_state,
+            replicas,
         })
+    }
+
+    /// `shared_state`, `shared_state_key` and `replicas`; the key is required with Redis.
+    fn shared_state(
+        over: &env::Overlay,
+        raw: &file::RawConfig,
+    ) -> Result<(Option<SharedState>, u32), ConfigError> {
+        let url = layered(
+            &over.shared_state,
+            "shared_state",
+            raw.shared_state.as_deref(),
+            parse_shared_state,
+        )?;
+        let key = layered(
+            &over.shared_state_key,
+            "shared_state_key",
+            raw.shared_state_key.as_deref(),
+            parse_shared_key,
+        )?;
+        let replicas = match (&over.replicas, raw.replicas) {
+            (Some(e), _) => parse_replicas(e.var, &e.value)?,
+            (None, Some(n)) => parse_replicas("replicas", &n.to_string())?,
+            (None, None) => 1,
+        };
+        let shared = match (url, key) {
+            (Some(url), Some(key)) => Some(SharedState { url, key }),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    key: "shared_state_key".into(),
+                    hint: "tokens kept in Redis are encrypted with it; set \
+                           SPAPI_SHARED_STATE_KEY (e.g. `openssl rand -hex 32`)"
+                        .into(),
+                })
+            }
+            (None, _) => None,
+        };
+        Ok((shared, replicas))
     }
 
     /// `SPAPI_PROXY_KEYS` (comma-separated, every seller) or `inbound_keys`; a key limited to
@@ -1168,6 +1288,58 @@ refresh_token = "Atzr|file-refresh"
         for (text, key) in cases {
             assert_eq!(err_key(parse(text)), key, "{text}");
         }
+    }
+
+    #[test]
+    fn shared_state_table() {
+        let key = "shared_state_key = \"0123456789abcdef0123456789abcdef\"\n";
+        let c = parse(&format!(
+            "shared_state = \"redis://:pw@10.0.0.5:6379/2\"\n{key}replicas = 3"
+        ))
+        .unwrap();
+        let shared = c.shared_state.as_ref().unwrap();
+        assert_eq!(shared.url.expose(), "redis://:pw@10.0.0.5:6379/2");
+        assert_eq!(c.replicas, 3);
+        // The password never shows.
+        assert!(!format!("{c:?}").contains("pw"), "{c:?}");
+        assert!(parse(&format!(
+            "shared_state = \"rediss://cache.internal:6380\"\n{key}"
+        ))
+        .is_ok());
+        let c = parse("").unwrap();
+        assert!(c.shared_state.is_none());
+        assert_eq!(c.replicas, 1);
+        let cases = [
+            ("shared_state = \"http://10.0.0.5:6379\"", "shared_state"),
+            ("shared_state = \"redis://\"", "shared_state"),
+            ("shared_state = \"redis://10.0.0.5\"", "shared_state_key"),
+            (
+                "shared_state = \"redis://10.0.0.5\"\nshared_state_key = \"short\"",
+                "shared_state_key",
+            ),
+            ("replicas = 0", "replicas"),
+        ];
+        for (text, key) in cases {
+            assert_eq!(err_key(parse(text)), key, "{text}");
+        }
+        let env = [
+            ("SPAPI_CLIENT_ID", "a"),
+            ("SPAPI_CLIENT_SECRET", "b"),
+            ("SPAPI_REFRESH_TOKEN", "c"),
+            ("SPAPI_SHARED_STATE", "redis://127.0.0.1:6379/0"),
+            ("SPAPI_SHARED_STATE_KEY", "0123456789abcdef0123456789abcdef"),
+            ("SPAPI_REPLICAS", "2"),
+        ];
+        let c = parse_with("", &env).unwrap();
+        assert!(c.shared_state.is_some());
+        assert_eq!(c.replicas, 2);
+        let env = [
+            ("SPAPI_CLIENT_ID", "a"),
+            ("SPAPI_CLIENT_SECRET", "b"),
+            ("SPAPI_REFRESH_TOKEN", "c"),
+            ("SPAPI_SHARED_STATE", "redis://127.0.0.1:6379/0"),
+        ];
+        assert_eq!(err_key(parse_with("", &env)), "shared_state_key");
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Proxy {
     limiter: Arc<Limiter>,
     /// Upstream connections the descriptor limit leaves room for.
     slots: Arc<forward::UpstreamSlots>,
+    /// Redis, when replicas share buckets and tokens (`shared_state`); fixed until restart.
+    shared: Option<Arc<crate::shared::Redis>>,
     /// Everything the config decides, swapped whole by a reload; a request keeps the state it
     /// started with until it ends.
     state: ArcSwap<State>,
@@ -258,6 +260,7 @@ impl State {
         limiter: &Arc<Limiter>,
         slots: &Arc<forward::UpstreamSlots>,
         previous: Option<&State>,
+        tokens: Option<Arc<dyn crate::auth::store::TokenStore>>,
     ) -> Result<State, ConfigError> {
         let auth = match previous {
             Some(p) => p.auth.reload(&config)?,
@@ -266,7 +269,7 @@ impl State {
                     key: "(http client)".into(),
                     problem: format!("cannot build the HTTP client: {e}"),
                 })?;
-                Auth::new(&config, http, Arc::clone(limiter))?
+                Auth::new(&config, http, Arc::clone(limiter), tokens)?
             }
         };
         let forwarder = |region: Region| -> Result<Forwarder, ConfigError> {
@@ -303,16 +306,33 @@ impl State {
 impl Proxy {
     /// Builds the proxy from validated config. Nothing is fetched until the first request.
     pub fn new(config: &Config) -> Result<Proxy, ConfigError> {
-        let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(config)));
+        let shared = config
+            .shared_state
+            .as_ref()
+            .map(|s| crate::shared::Redis::new(s, config.replicas))
+            .transpose()?;
+        let settings = limiter::Settings::from_config(config);
+        let limiter = Arc::new(match &shared {
+            Some(redis) => Limiter::with_store(
+                settings,
+                Arc::new(crate::shared::buckets::RedisStore::new(Arc::clone(redis))),
+            ),
+            None => Limiter::new(settings),
+        });
         let clients = config
             .max_connections
             .unwrap_or_else(crate::server::default_max_connections);
         let slots = forward::UpstreamSlots::for_clients(clients);
-        let state = State::new(config.clone(), &limiter, &slots, None)?;
+        let tokens = shared.as_ref().map(|redis| {
+            Arc::new(crate::shared::tokens::RedisTokens::new(Arc::clone(redis)))
+                as Arc<dyn crate::auth::store::TokenStore>
+        });
+        let state = State::new(config.clone(), &limiter, &slots, None, tokens)?;
         Ok(Proxy {
             catalog: Catalog::builtin(),
             limiter,
             slots,
+            shared,
             state: ArcSwap::from_pointee(state),
             source: None,
             reloading: std::sync::Mutex::new(()),
@@ -355,6 +375,11 @@ impl Proxy {
             ),
             ("h2c", old.config.h2c != config.h2c),
             (
+                "shared_state",
+                old.config.shared_state != config.shared_state,
+            ),
+            ("replicas", old.config.replicas != config.replicas),
+            (
                 "timeouts.header_read / timeouts.client_idle / timeouts.shutdown_grace",
                 old.config.timeouts.header_read != config.timeouts.header_read
                     || old.config.timeouts.client_idle != config.timeouts.client_idle
@@ -369,7 +394,7 @@ impl Proxy {
                 );
             }
         }
-        let state = State::new(config, &self.limiter, &self.slots, Some(&old))?;
+        let state = State::new(config, &self.limiter, &self.slots, Some(&old), None)?;
         let names =
             |c: &Config| -> Vec<String> { c.sellers.iter().map(|s| s.name.clone()).collect() };
         let (before, after) = (names(&old.config), names(&state.config));
@@ -1146,7 +1171,7 @@ mod tests {
         let config = Config::from_toml_str(toml, "t.toml", &env).unwrap();
         let limiter = Arc::new(Limiter::new(limiter::Settings::from_config(&config)));
         let slots = forward::UpstreamSlots::for_clients(1000);
-        let state = State::new(config, &limiter, &slots, None).unwrap();
+        let state = State::new(config, &limiter, &slots, None, None).unwrap();
         let config = Arc::clone(&state.config);
         let mut path_bound = 0;
         for op in Catalog::builtin().operations() {

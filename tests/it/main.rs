@@ -15,4 +15,5 @@ mod recipes;
 mod restricted;
 mod security;
 mod sellers;
+mod shared;
 mod shutdown;

@@ -23,6 +23,13 @@ pub struct Harness {
     task: Option<JoinHandle<()>>,
 }
 
+/// A second (third, ...) proxy in front of a harness's simulator.
+pub struct Replica {
+    pub url: String,
+    _stop: oneshot::Sender<()>,
+    _task: JoinHandle<()>,
+}
+
 /// The environment that points a config at `sim` with the simulator's credentials.
 pub fn sim_env(sim: &Simulator) -> HashMap<String, String> {
     [
@@ -122,6 +129,29 @@ impl Harness {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("{}{path_and_query}", self.url)
+    }
+
+    /// Another proxy, built from `config`, serving in front of the same simulator (a replica);
+    /// it stops when the returned value is dropped.
+    pub async fn replica(&self, config: &Config) -> Replica {
+        let proxy = Arc::new(Proxy::new(config).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        proxy.set_bound(bound);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            proxy,
+            async {
+                let _ = stopped.await;
+            },
+            server::ServerSettings::from_config(config),
+        ));
+        Replica {
+            url: format!("http://{bound}"),
+            _stop: stop,
+            _task: task,
+        }
     }
 
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {

@@ -34,7 +34,9 @@ impl Proxy {
                 serde_json::json!({"status": "ok"}),
             )),
             (&Method::GET, "/_proxy/quota") => quota::answer(self, state, viewer),
-            (&Method::GET, "/_proxy/status") => status::answer(state, &self.limiter, viewer),
+            (&Method::GET, "/_proxy/status") => {
+                status::answer(state, &self.limiter, self.shared_view(), viewer)
+            }
             (&Method::GET, "/_proxy/") => page::answer(self, state, viewer),
             (&Method::GET, "/_proxy/metrics") => metrics::answer(self, req, viewer),
             (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query(), viewer).await,

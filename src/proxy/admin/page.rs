@@ -12,7 +12,12 @@ pub(super) fn answer(
     state: &State,
     viewer: Viewer<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let html = crate::status_page::render(&super::status::status(state, &proxy.limiter, viewer));
+    let html = crate::status_page::render(&super::status::status(
+        state,
+        &proxy.limiter,
+        proxy.shared_view(),
+        viewer,
+    ));
     let mut resp = Response::new(full(html));
     let h = resp.headers_mut();
     h.insert(

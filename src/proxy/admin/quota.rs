@@ -29,5 +29,6 @@ pub(super) fn answer(
             })
         })
         .collect();
+    quota["shared_state"] = proxy.shared_view();
     Ok(json_response(StatusCode::OK, quota))
 }

@@ -11,6 +11,24 @@ use crate::error::ProxyError;
 use crate::proxy::{Proxy, State};
 
 impl Proxy {
+    /// `shared_state` in `/_proxy/ready`, `/_proxy/status` and `/_proxy/quota`: `null` without
+    /// Redis; else whether it answers, and what the buckets do meanwhile. Readiness does not
+    /// depend on it: while Redis is away the proxy serves within its local share.
+    pub(crate) fn shared_view(&self) -> serde_json::Value {
+        match &self.shared {
+            None => serde_json::Value::Null,
+            Some(r) => {
+                let up = r.up();
+                serde_json::json!({
+                    "url": r.shown(),
+                    "up": up,
+                    "replicas": r.replicas,
+                    "limits": if up { "shared" } else { "local share (1/replicas) until Redis answers" },
+                })
+            }
+        }
+    }
+
     /// `/_proxy/ready[?seller=NAME]`: ready when a token can be had for that seller, or
     /// without one named, for at least one seller (grantless with no sellers configured). The
     /// answer lists every seller checked, so one revoked seller shows without taking the
@@ -37,7 +55,7 @@ impl Proxy {
             return match auth.ready(None).await {
                 Ok(()) => Ok(json_response(
                     StatusCode::OK,
-                    serde_json::json!({"status": "ready", "sellers": {}}),
+                    serde_json::json!({"status": "ready", "sellers": {}, "shared_state": self.shared_view()}),
                 )),
                 Err(e) => Err(ProxyError::NotReady(format!(
                     "no access token could be obtained: {e}"
@@ -70,7 +88,7 @@ impl Proxy {
         if any_ready {
             return Ok(json_response(
                 StatusCode::OK,
-                serde_json::json!({"status": "ready", "sellers": report}),
+                serde_json::json!({"status": "ready", "sellers": report, "shared_state": self.shared_view()}),
             ));
         }
         Err(ProxyError::NotReady(format!(

@@ -14,18 +14,24 @@ use crate::proxy::{no_seller, State};
 pub(super) fn answer(
     state: &State,
     limiter: &Limiter,
+    shared: serde_json::Value,
     viewer: Viewer<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     Ok(json_response(
         StatusCode::OK,
-        status(state, limiter, viewer),
+        status(state, limiter, shared, viewer),
     ))
 }
 
 /// `/_proxy/status`: policies, which client secret works, each seller's state and token
 /// timing, and every bucket with its recent 429s; never a secret's value. The status page and
 /// `spapi-proxy status` show this.
-pub(super) fn status(state: &State, limiter: &Limiter, viewer: Viewer<'_>) -> serde_json::Value {
+pub(super) fn status(
+    state: &State,
+    limiter: &Limiter,
+    shared: serde_json::Value,
+    viewer: Viewer<'_>,
+) -> serde_json::Value {
     let auth = &state.auth;
     let config = &state.config;
     let timing = |t: Option<auth::cache::Timing>| {
@@ -114,6 +120,7 @@ pub(super) fn status(state: &State, limiter: &Limiter, viewer: Viewer<'_>) -> se
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "rate_limit": limiter.enabled(),
+        "shared_state": shared,
         "restricted_data": {
             "default": config.restricted_data.name(),
             "retry_secs": config.restricted_data_retry.as_secs(),
