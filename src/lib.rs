@@ -6,7 +6,8 @@
 //! - [`server`]: sockets, connections (timeouts, the connection cap), graceful shutdown.
 //! - [`access`]: who may act through the proxy: inbound keys, `Host`, browsers.
 //! - [`proxy`]: the request pipeline; every error becomes a response here. Its `admin`
-//!   module holds the `/_proxy/*` endpoints, one file each.
+//!   module holds the `/_proxy/*` endpoints, one file each; `state` the reloadable state and
+//!   the reload; `upstream` the request body, sending, and Amazon's answer.
 //! - [`operations`]: the SP-API operation catalog and the (method, path) matcher.
 //! - [`limiter`]: token buckets per operation, the wait queue, the pacing policy, and the
 //!   store seam under the buckets.

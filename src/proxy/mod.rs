@@ -26,9 +26,12 @@ use crate::operations::{Catalog, Operation};
 use crate::{metrics, region, target};
 
 mod admin;
+mod state;
+mod upstream;
 
-/// A 403 body longer than this is not an SP-API token error, so it is not inspected.
-const MAX_INSPECTED_403: u64 = 64 * 1024;
+pub use state::ConfigSource;
+pub(crate) use state::State;
+use upstream::{remaining, RequestBody, Upstream, MAX_INSPECTED_403};
 
 /// Header limiting, for one request, how long it may wait for quota (seconds).
 pub const MAX_WAIT_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-max-wait");
@@ -119,22 +122,6 @@ pub struct Proxy {
     unknown_seen: UnknownSeen,
 }
 
-/// Where a reload reads the config from (the file and the process environment).
-pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
-
-/// What one load of the config decides.
-pub(crate) struct State {
-    config: Arc<Config>,
-    access: Access,
-    auth: Auth,
-    /// One upstream pool per region.
-    forwarders: [Forwarder; 3],
-    /// Each operation's token plan for a request that names no dataElements, decided on first
-    /// use (it follows from this config alone), so the request path clones an `Arc` instead
-    /// of building the plan's strings again. Plans naming the request's own path are not kept.
-    plans: Box<[OnceLock<TokenPlan>]>,
-}
-
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy").finish_non_exhaustive()
@@ -197,112 +184,6 @@ impl UnknownSeen {
 /// How many distinct unknown paths are remembered for log-once.
 const UNKNOWN_PATHS_REMEMBERED: usize = 10_000;
 
-/// A request body: held in memory when small enough to replay, otherwise streamed once.
-enum RequestBody {
-    Buffered(Bytes),
-    Streaming {
-        /// What was read before the body proved too large to hold, and the rest, unread.
-        body: Option<(Bytes, Incoming)>,
-        /// Set if the client's body broke off while streaming, so that the failure is blamed
-        /// on the client, not on Amazon.
-        broke: Arc<OnceLock<String>>,
-    },
-}
-
-/// The upstream's answer: still streaming, or read whole because we had to look inside.
-enum Upstream {
-    Streaming(Response<UpstreamResponseBody>),
-    Read {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
-}
-
-impl State {
-    /// The token plan for a request to `op` at `path` naming `requested` dataElements, if any.
-    fn plan(
-        &self,
-        op: Option<&'static Operation>,
-        path: &str,
-        requested: Option<&str>,
-    ) -> Result<TokenPlan, ProxyError> {
-        let config = &self.config;
-        let decide = || {
-            auth::plan(
-                op,
-                path,
-                requested,
-                op.and_then(|o| config.operations.get(&o.index))
-                    .and_then(|s| s.data_elements.as_deref()),
-                op.map_or(config.restricted_data, |o| config.restricted_data_for(o)),
-            )
-        };
-        match op {
-            Some(o) if requested.is_none() && !auth::plan_depends_on_path(o) => {
-                let Some(slot) = self.plans.get(o.index) else {
-                    return decide();
-                };
-                if let Some(plan) = slot.get() {
-                    return Ok(plan.clone());
-                }
-                let plan = decide()?;
-                Ok(slot.get_or_init(|| plan).clone())
-            }
-            _ => decide(),
-        }
-    }
-
-    /// The state `config` describes, reusing what `previous` already holds where the config
-    /// did not change it (tokens, upstream connections).
-    fn new(
-        config: Config,
-        limiter: &Arc<Limiter>,
-        slots: &Arc<forward::UpstreamSlots>,
-        previous: Option<&State>,
-        tokens: Option<Arc<dyn crate::auth::store::TokenStore>>,
-    ) -> Result<State, ConfigError> {
-        let auth = match previous {
-            Some(p) => p.auth.reload(&config)?,
-            None => {
-                let http = forward::http_client(&config).map_err(|e| ConfigError::Invalid {
-                    key: "(http client)".into(),
-                    problem: format!("cannot build the HTTP client: {e}"),
-                })?;
-                Auth::new(&config, http, Arc::clone(limiter), tokens)?
-            }
-        };
-        let forwarder = |region: Region| -> Result<Forwarder, ConfigError> {
-            let endpoint = config.endpoint(region);
-            if let Some(p) = previous {
-                let old = &p.forwarders[region.index()];
-                if p.config.endpoint(region) == endpoint && p.config.timeouts == config.timeouts {
-                    return Ok(old.clone());
-                }
-            }
-            Forwarder::new(&config, endpoint, Arc::clone(slots)).map_err(|e| ConfigError::Invalid {
-                key: format!("endpoints.{}", region.name()),
-                problem: format!("cannot build the upstream client: {e}"),
-            })
-        };
-        Ok(State {
-            plans: Catalog::builtin()
-                .operations()
-                .iter()
-                .map(|_| OnceLock::new())
-                .collect(),
-            access: Access::new(&config),
-            forwarders: [
-                forwarder(Region::Na)?,
-                forwarder(Region::Eu)?,
-                forwarder(Region::Fe)?,
-            ],
-            auth,
-            config: Arc::new(config),
-        })
-    }
-}
-
 impl Proxy {
     /// Builds the proxy from validated config. Nothing is fetched until the first request.
     pub fn new(config: &Config) -> Result<Proxy, ConfigError> {
@@ -341,122 +222,10 @@ impl Proxy {
         })
     }
 
-    /// Lets `POST /_proxy/reload` and [`Proxy::reload`] read the config again from `source`.
-    pub fn with_source(mut self, source: ConfigSource) -> Proxy {
-        self.source = Some(source);
-        self
-    }
-
-    /// Reads the config again and, if it is valid, applies it without dropping a request:
-    /// new sellers are served, removed ones are not, unchanged ones keep their tokens. If it is
-    /// not valid, nothing changes and the error says why.
-    pub fn reload(&self) -> Result<String, ConfigError> {
-        let Some(source) = &self.source else {
-            return Err(ConfigError::Invalid {
-                key: "(reload)".into(),
-                problem: "this proxy was not started from a config it can read again".into(),
-            });
-        };
-        let config = source()?;
-        self.apply(config)
-    }
-
-    /// Applies a new, valid config (what [`Proxy::reload`] does after reading it).
-    pub fn apply(&self, config: Config) -> Result<String, ConfigError> {
-        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        config.check_exposure()?;
-        let old = self.state.load_full();
-        self.check_reload(&old.config, &config)?;
-        let restart_only = [
-            ("listen", old.config.listen != config.listen),
-            (
-                "max_connections",
-                old.config.max_connections != config.max_connections,
-            ),
-            ("h2c", old.config.h2c != config.h2c),
-            (
-                "shared_state",
-                old.config.shared_state != config.shared_state,
-            ),
-            ("replicas", old.config.replicas != config.replicas),
-            (
-                "timeouts.header_read / timeouts.client_idle / timeouts.shutdown_grace",
-                old.config.timeouts.header_read != config.timeouts.header_read
-                    || old.config.timeouts.client_idle != config.timeouts.client_idle
-                    || old.config.timeouts.shutdown_grace != config.timeouts.shutdown_grace,
-            ),
-        ];
-        for (key, changed) in restart_only {
-            if changed {
-                tracing::warn!(
-                    key,
-                    "changed in the config, but applies only after a restart"
-                );
-            }
-        }
-        let state = State::new(config, &self.limiter, &self.slots, Some(&old), None)?;
-        let names =
-            |c: &Config| -> Vec<String> { c.sellers.iter().map(|s| s.name.clone()).collect() };
-        let (before, after) = (names(&old.config), names(&state.config));
-        let added: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
-        let removed: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
-        let summary = format!(
-            "reloaded: {} seller(s); added: {}; removed: {}",
-            after.len(),
-            list(&added),
-            list(&removed)
-        );
-        let config = Arc::clone(&state.config);
-        self.limiter
-            .reconfigure(limiter::Settings::from_config(&config), |key| {
-                key.seller
-                    .as_deref()
-                    .is_none_or(|name| config.seller(name).is_some())
-            });
-        self.state.store(Arc::new(state));
-        tracing::info!("{summary}");
-        Ok(summary)
-    }
-
     /// Records the address the server actually listens on: a reload is judged against it, not
     /// against the `listen` in the file (which takes effect only at a restart).
     pub fn set_bound(&self, addr: std::net::SocketAddr) {
         let _ = self.bound.set(addr);
-    }
-
-    /// What a reload may not do, whatever the new file says: leave a public socket without
-    /// keys, remove every key, or remove every seller. An editor's half-written or empty file
-    /// looks exactly like that; a restart can still do it on purpose.
-    fn check_reload(&self, old: &Config, new: &Config) -> Result<(), ConfigError> {
-        if let Some(bound) = self.bound.get() {
-            if new.inbound_keys.is_empty() && !bound.ip().is_loopback() {
-                return Err(ConfigError::Invalid {
-                    key: "inbound_keys".into(),
-                    problem: format!(
-                        "the proxy is listening on {bound}, which is not a loopback address, so \
-                         clients must keep presenting a key; a new `listen` applies only after \
-                         a restart"
-                    ),
-                });
-            }
-        }
-        if !old.inbound_keys.is_empty() && new.inbound_keys.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "inbound_keys".into(),
-                problem: "the new config has no key, so it would let any client in; a reload \
-                          never removes every key (restart to do that)"
-                    .into(),
-            });
-        }
-        if !old.sellers.is_empty() && new.sellers.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "sellers".into(),
-                problem: "the new config has no seller (an empty or half-written file?); a \
-                          reload never removes every seller (restart to do that)"
-                    .into(),
-            });
-        }
-        Ok(())
     }
 
     /// Answers one request; never fails, because every error is turned into a response here.
@@ -882,80 +651,6 @@ impl Proxy {
             tracing::warn!(%method, path = &*crate::logging::capped(path), "no SP-API operation matches; forwarding with the LWA token under the shared default limit (logged once per path)");
         }
     }
-
-    /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket.
-    async fn send(
-        &self,
-        ctx: &Ctx<'_>,
-        parts: &http::request::Parts,
-        target: &PathAndQuery,
-        body: &mut RequestBody,
-        token: &Token,
-    ) -> Result<Upstream, ProxyError> {
-        let headers = forward::upstream_headers(
-            &parts.headers,
-            token.header(),
-            SystemTime::now(),
-            ctx.forwarder.host(),
-        );
-        // The target as received (target::check made sure it means one thing), cloned
-        // without copying its bytes.
-        let sending = Instant::now();
-        let sent = ctx
-            .forwarder
-            .send(parts.method.clone(), target.clone(), headers, body.take())
-            .await;
-        let resp = match (sent, body.broke()) {
-            (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
-            (sent, _) => sent?,
-        };
-        let m = metrics::metrics();
-        m.upstream(ctx.op, sending.elapsed());
-        let status = resp.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            m.amazon_throttled.get_or_create(&ctx.labels()).inc();
-        } else if status.is_server_error() {
-            m.amazon_errors.get_or_create(&ctx.labels()).inc();
-        }
-        if self.limiter.enabled() {
-            if let Some(rate) = limiter::rate_header(resp.headers()) {
-                self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
-            }
-        }
-        Ok(Upstream::Streaming(resp))
-    }
-
-    /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the
-    /// request can be replayed, and so that a body that breaks off is refused before Amazon
-    /// sees any of it. A larger body streams: what was read so far, then the rest.
-    async fn read_body(
-        &self,
-        config: &Config,
-        mut body: Incoming,
-    ) -> Result<RequestBody, ProxyError> {
-        let limit = config.replay_buffer_bytes;
-        let mut held = BytesMut::new();
-        if body.size_hint().lower() <= limit {
-            loop {
-                match body.frame().await {
-                    None => return Ok(RequestBody::Buffered(held.freeze())),
-                    Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            held.extend_from_slice(&data);
-                            if held.len() as u64 > limit {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(RequestBody::Streaming {
-            body: Some((held.freeze(), body)),
-            broke: Arc::default(),
-        })
-    }
 }
 
 impl Ctx<'_> {
@@ -1014,115 +709,6 @@ fn list(names: &[&String]) -> String {
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    }
-}
-
-impl RequestBody {
-    fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Buffered(_))
-    }
-
-    /// The body for one send; a streaming body can be taken only once.
-    fn take(&mut self) -> UpstreamBody {
-        match self {
-            RequestBody::Buffered(b) => UpstreamBody::full(b.clone()),
-            RequestBody::Streaming { body, broke } => match body.take() {
-                Some((prefix, rest)) => {
-                    UpstreamBody::Client(ClientBody::new(prefix, rest, Arc::clone(broke)))
-                }
-                None => UpstreamBody::full(Bytes::new()),
-            },
-        }
-    }
-
-    /// Why the client's streaming body broke off, if it did.
-    fn broke(&self) -> Option<String> {
-        match self {
-            RequestBody::Buffered(_) => None,
-            RequestBody::Streaming { broke, .. } => broke.get().cloned(),
-        }
-    }
-}
-
-fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-impl Upstream {
-    fn status(&self) -> StatusCode {
-        match self {
-            Upstream::Streaming(r) => r.status(),
-            Upstream::Read { status, .. } => *status,
-        }
-    }
-
-    /// Reads the body into memory if its announced length is at most `limit`; a body of
-    /// unknown or larger length keeps streaming untouched.
-    async fn read_whole(self, limit: u64) -> Result<Upstream, ProxyError> {
-        match self {
-            Upstream::Streaming(resp) => {
-                let length = resp
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if length.is_none_or(|n| n > limit) {
-                    return Ok(Upstream::Streaming(resp));
-                }
-                let (parts, body) = resp.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(|e| ProxyError::Upstream(format!("the upstream body broke off: {e}")))?
-                    .to_bytes();
-                Ok(Upstream::Read {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                })
-            }
-            read => Ok(read),
-        }
-    }
-
-    fn says_token_rejected(&self) -> bool {
-        match self {
-            Upstream::Read {
-                status,
-                headers,
-                body,
-            } if *status == StatusCode::FORBIDDEN => auth::says_token_rejected(headers, body),
-            _ => false,
-        }
-    }
-
-    /// A read answer's body as text, at most 300 characters (for `/_proxy/ready`).
-    fn text(&self) -> String {
-        match self {
-            Upstream::Read { body, .. } => {
-                String::from_utf8_lossy(body).chars().take(300).collect()
-            }
-            Upstream::Streaming(_) => String::new(),
-        }
-    }
-
-    fn into_response(self) -> Response<ProxyBody> {
-        let (status, mut headers, body) = match self {
-            Upstream::Streaming(resp) => {
-                let (parts, body) = resp.into_parts();
-                (parts.status, parts.headers, body.boxed())
-            }
-            Upstream::Read {
-                status,
-                headers,
-                body,
-            } => (status, headers, full(body)),
-        };
-        forward::strip_hop_by_hop(&mut headers);
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        response
     }
 }
 

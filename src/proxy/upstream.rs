@@ -1,0 +1,215 @@
+//! The upstream side of a request: its body (held for replay or streamed once), sending it
+//! through the region's pool, and Amazon's answer (streamed on, or read whole when the proxy
+//! must look inside).
+
+use super::*;
+
+/// A 403 body longer than this is not an SP-API token error, so it is not inspected.
+pub(super) const MAX_INSPECTED_403: u64 = 64 * 1024;
+
+/// A request body: held in memory when small enough to replay, otherwise streamed once.
+pub(super) enum RequestBody {
+    Buffered(Bytes),
+    Streaming {
+        /// What was read before the body proved too large to hold, and the rest, unread.
+        body: Option<(Bytes, Incoming)>,
+        /// Set if the client's body broke off while streaming, so that the failure is blamed
+        /// on the client, not on Amazon.
+        broke: Arc<OnceLock<String>>,
+    },
+}
+
+/// The upstream's answer: still streaming, or read whole because we had to look inside.
+pub(super) enum Upstream {
+    Streaming(Response<UpstreamResponseBody>),
+    Read {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+impl Proxy {
+    /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket.
+    pub(super) async fn send(
+        &self,
+        ctx: &Ctx<'_>,
+        parts: &http::request::Parts,
+        target: &PathAndQuery,
+        body: &mut RequestBody,
+        token: &Token,
+    ) -> Result<Upstream, ProxyError> {
+        let headers = forward::upstream_headers(
+            &parts.headers,
+            token.header(),
+            SystemTime::now(),
+            ctx.forwarder.host(),
+        );
+        // The target as received (target::check made sure it means one thing), cloned
+        // without copying its bytes.
+        let sending = Instant::now();
+        let sent = ctx
+            .forwarder
+            .send(parts.method.clone(), target.clone(), headers, body.take())
+            .await;
+        let resp = match (sent, body.broke()) {
+            (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
+            (sent, _) => sent?,
+        };
+        let m = metrics::metrics();
+        m.upstream(ctx.op, sending.elapsed());
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            m.amazon_throttled.get_or_create(&ctx.labels()).inc();
+        } else if status.is_server_error() {
+            m.amazon_errors.get_or_create(&ctx.labels()).inc();
+        }
+        if self.limiter.enabled() {
+            if let Some(rate) = limiter::rate_header(resp.headers()) {
+                self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
+            }
+        }
+        Ok(Upstream::Streaming(resp))
+    }
+
+    /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the
+    /// request can be replayed, and so that a body that breaks off is refused before Amazon
+    /// sees any of it. A larger body streams: what was read so far, then the rest.
+    pub(super) async fn read_body(
+        &self,
+        config: &Config,
+        mut body: Incoming,
+    ) -> Result<RequestBody, ProxyError> {
+        let limit = config.replay_buffer_bytes;
+        let mut held = BytesMut::new();
+        if body.size_hint().lower() <= limit {
+            loop {
+                match body.frame().await {
+                    None => return Ok(RequestBody::Buffered(held.freeze())),
+                    Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            held.extend_from_slice(&data);
+                            if held.len() as u64 > limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(RequestBody::Streaming {
+            body: Some((held.freeze(), body)),
+            broke: Arc::default(),
+        })
+    }
+}
+
+impl RequestBody {
+    pub(super) fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+
+    /// The body for one send; a streaming body can be taken only once.
+    pub(super) fn take(&mut self) -> UpstreamBody {
+        match self {
+            RequestBody::Buffered(b) => UpstreamBody::full(b.clone()),
+            RequestBody::Streaming { body, broke } => match body.take() {
+                Some((prefix, rest)) => {
+                    UpstreamBody::Client(ClientBody::new(prefix, rest, Arc::clone(broke)))
+                }
+                None => UpstreamBody::full(Bytes::new()),
+            },
+        }
+    }
+
+    /// Why the client's streaming body broke off, if it did.
+    pub(super) fn broke(&self) -> Option<String> {
+        match self {
+            RequestBody::Buffered(_) => None,
+            RequestBody::Streaming { broke, .. } => broke.get().cloned(),
+        }
+    }
+}
+
+pub(super) fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+impl Upstream {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Upstream::Streaming(r) => r.status(),
+            Upstream::Read { status, .. } => *status,
+        }
+    }
+
+    /// Reads the body into memory if its announced length is at most `limit`; a body of
+    /// unknown or larger length keeps streaming untouched.
+    pub(super) async fn read_whole(self, limit: u64) -> Result<Upstream, ProxyError> {
+        match self {
+            Upstream::Streaming(resp) => {
+                let length = resp
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if length.is_none_or(|n| n > limit) {
+                    return Ok(Upstream::Streaming(resp));
+                }
+                let (parts, body) = resp.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::Upstream(format!("the upstream body broke off: {e}")))?
+                    .to_bytes();
+                Ok(Upstream::Read {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                })
+            }
+            read => Ok(read),
+        }
+    }
+
+    pub(super) fn says_token_rejected(&self) -> bool {
+        match self {
+            Upstream::Read {
+                status,
+                headers,
+                body,
+            } if *status == StatusCode::FORBIDDEN => auth::says_token_rejected(headers, body),
+            _ => false,
+        }
+    }
+
+    /// A read answer's body as text, at most 300 characters (for `/_proxy/ready`).
+    pub(super) fn text(&self) -> String {
+        match self {
+            Upstream::Read { body, .. } => {
+                String::from_utf8_lossy(body).chars().take(300).collect()
+            }
+            Upstream::Streaming(_) => String::new(),
+        }
+    }
+
+    pub(super) fn into_response(self) -> Response<ProxyBody> {
+        let (status, mut headers, body) = match self {
+            Upstream::Streaming(resp) => {
+                let (parts, body) = resp.into_parts();
+                (parts.status, parts.headers, body.boxed())
+            }
+            Upstream::Read {
+                status,
+                headers,
+                body,
+            } => (status, headers, full(body)),
+        };
+        forward::strip_hop_by_hop(&mut headers);
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
