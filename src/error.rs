@@ -79,8 +79,9 @@ pub enum ProxyError {
     /// A `/_proxy/` path (or method) the proxy has no endpoint for.
     #[error(
         "no such proxy endpoint: {0}; the proxy's own are GET /_proxy/ (status page), \
-         /_proxy/health, /_proxy/ready, /_proxy/status, /_proxy/quota, /_proxy/metrics, and \
-         POST /_proxy/reload, /_proxy/tokens/refresh"
+         /_proxy/health, /_proxy/ready, /_proxy/status, /_proxy/quota, /_proxy/metrics, \
+         /_proxy/reports/ID/document, /_proxy/documents/ID, /_proxy/feeds/ID/result, and \
+         POST /_proxy/reload, /_proxy/tokens/refresh, /_proxy/feeds"
     )]
     NoEndpoint(String),
     /// Waiting for quota would take longer than allowed, or too many requests are waiting.
@@ -107,6 +108,30 @@ pub enum ProxyError {
     /// The proxy is not ready to serve (reported by `/_proxy/ready`).
     #[error("not ready: {0}")]
     NotReady(String),
+    /// A report or feed ended CANCELLED or FATAL: there is no document to give.
+    #[error("{what} {id} ended {status}: {reason}")]
+    Processing {
+        /// `report` or `feed`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// `CANCELLED` or `FATAL`.
+        status: String,
+        /// Amazon's words for the status (the model's description).
+        reason: String,
+        /// What Amazon's error document says, for a FATAL one that has one.
+        document: Option<String>,
+    },
+    /// The document host (S3) refused or failed a download or upload.
+    #[error("the document host answered {0}")]
+    DocumentHost(String),
+    /// The document URL Amazon answered is not one the proxy fetches.
+    #[error("the document URL is refused: {0}")]
+    DocumentUrl(String),
+    /// An upload without a length: the document host needs one, and the proxy does not hold
+    /// a body whole to count it.
+    #[error("length required: {0}")]
+    LengthRequired(String),
     /// A broken invariant: a bug in the proxy.
     #[error("internal error: {0}")]
     Internal(String),
@@ -133,6 +158,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Processing { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ProxyError::DocumentHost(_) | ProxyError::DocumentUrl(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::LengthRequired(_) => StatusCode::LENGTH_REQUIRED,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,6 +188,17 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::NotReady(_) => "not_ready",
+            ProxyError::Processing {
+                what: "feed",
+                status,
+                ..
+            } if status == "CANCELLED" => "feed_cancelled",
+            ProxyError::Processing { what: "feed", .. } => "feed_fatal",
+            ProxyError::Processing { status, .. } if status == "CANCELLED" => "report_cancelled",
+            ProxyError::Processing { .. } => "report_fatal",
+            ProxyError::DocumentHost(_) => "document_host_error",
+            ProxyError::DocumentUrl(_) => "document_url_refused",
+            ProxyError::LengthRequired(_) => "length_required",
             ProxyError::Internal(_) => "internal",
         }
     }
@@ -174,6 +213,16 @@ impl ProxyError {
             | ProxyError::SellerNotAllowed(_) => "Unauthorized".into(),
             ProxyError::HostNotAllowed(_) => "InvalidInput".into(),
             ProxyError::RateLimited { .. } => "QuotaExceeded".into(),
+            ProxyError::Processing { what, status, .. } => {
+                let what = if *what == "feed" { "Feed" } else { "Report" };
+                let status = if status == "CANCELLED" {
+                    "Cancelled"
+                } else {
+                    "Fatal"
+                };
+                format!("{what}{status}")
+            }
+            ProxyError::LengthRequired(_) => "InvalidInput".into(),
             ProxyError::Token(
                 TokenError::Refused { code, .. } | TokenError::PiiNotPermitted { code, .. },
             ) => code.clone(),
@@ -208,6 +257,9 @@ impl ProxyError {
                     "{origin} The request was not sent to Amazon; retry after Retry-After seconds."
                 )
             }
+            ProxyError::Processing {
+                document: Some(d), ..
+            } => format!("{origin} Amazon's error document says: {d}"),
             _ => origin.to_string(),
         }
     }

@@ -7,7 +7,8 @@
 //! - [`access`]: who may act through the proxy: inbound keys, `Host`, browsers.
 //! - [`proxy`]: the request pipeline; every error becomes a response here. Its `admin`
 //!   module holds the `/_proxy/*` endpoints, one file each; `state` the reloadable state and
-//!   the reload; `upstream` the request body, sending, and Amazon's answer.
+//!   the reload; `upstream` the request body, sending, and Amazon's answer; `documents` the
+//!   reports and feeds flows, whose SP-API calls go through the same pipeline.
 //! - [`operations`]: the SP-API operation catalog and the (method, path) matcher.
 //! - [`limiter`]: token buckets per operation, the wait queue, the pacing policy, and the
 //!   store seam under the buckets.
@@ -21,6 +22,7 @@
 //! - [`explain`]: the `operations` and `explain` commands.
 //! - [`sim`]: a local SP-API and LWA simulator for `demo` and the tests.
 //! - [`target`]: request-target rules, so that what is matched is what Amazon receives.
+//! - [`transcode`]: gunzip and charset decoding of documents as they stream.
 //! - [`secret`], [`body`]: small shared types.
 //!
 //! # Request path
@@ -69,3 +71,4 @@ pub mod shared;
 pub mod sim;
 pub mod status_page;
 pub mod target;
+pub mod transcode;

@@ -541,6 +541,7 @@ async fn demo(listen: SocketAddr, sim_listen: Option<SocketAddr>) -> ExitCode {
         println!("  curl -s 'http://{addr}/sellers/v1/marketplaceParticipations'");
         println!("  curl -s 'http://{addr}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&CreatedAfter=2026-11-01T00:00:00Z'");
         println!("  curl -s 'http://{addr}/catalog/2022-04-01/items/B0C1EXAMPL?marketplaceIds=ATVPDKIKX0DER&includedData=summaries'");
+        println!("  curl -s 'http://{addr}/_proxy/reports/60004/document?decode=utf-8'   # a Japanese report, gunzipped, in UTF-8");
         println!();
         println!(
             "simulator credentials: client id {}, client secret {}, refresh tokens {} and {DEMO_SECOND_REFRESH_TOKEN}",

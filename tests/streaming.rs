@@ -84,6 +84,7 @@ fn expected_sha() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_mib_bodies_stream_through_intact_with_flat_memory() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = Harness::start().await;
     let want = expected_sha();
     // Warm up: the token, the connection pools, the allocator's arenas.
@@ -140,5 +141,165 @@ async fn hundred_mib_bodies_stream_through_intact_with_flat_memory() {
         growth < 40 * 1024 * 1024,
         "RSS grew by {} MiB while streaming",
         growth >> 20
+    );
+}
+
+/// The memory tests measure this process's RSS: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Issue 20: a 200 MiB (decompressed) gzipped report comes through `/_proxy/reports/ID/document`
+/// decompressed as it streams: RSS grows by less than 10 MB, the bytes are exactly the
+/// document's, and the first byte comes long before the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_gzip_report_streams_through_decompressed_with_flat_memory() {
+    use spapi_proxy::sim::documents::{big_report_block, BIG_REPORT, BIG_REPORT_BLOCKS};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let h = Harness::start().await;
+    let mut want = Sha256::new();
+    for _ in 0..BIG_REPORT_BLOCKS {
+        want.update(big_report_block());
+    }
+    let want = hex(&want.finalize());
+    // Warm up: the token, the pools, the simulator's compressed block, the allocator.
+    assert_eq!(h.get("/_proxy/reports/50001/document").await.status(), 200);
+    let warm = h
+        .get(&format!("/_proxy/reports/{BIG_REPORT}/document"))
+        .await;
+    let mut warm = warm.bytes_stream();
+    let _ = warm.next().await;
+    drop(warm);
+    // Amazon's own calls and the document host's first byte, directly, for comparison.
+    let started = Instant::now();
+    assert_eq!(
+        h.get(&format!("/reports/2021-06-30/reports/{BIG_REPORT}"))
+            .await
+            .status(),
+        200
+    );
+    let doc = json(
+        h.get(&format!(
+            "/reports/2021-06-30/documents/amzn1.spdoc.1.4.na.{BIG_REPORT}"
+        ))
+        .await,
+    )
+    .await;
+    let amazon_calls = started.elapsed();
+    let host = reqwest::Client::new();
+    let started = Instant::now();
+    let direct = host.get(doc["url"].as_str().unwrap()).send().await.unwrap();
+    let mut direct = direct.bytes_stream();
+    let _ = direct.next().await;
+    let host_first_byte = started.elapsed();
+    drop(direct);
+
+    let baseline = rss_bytes();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let resp = h
+        .get(&format!("/_proxy/reports/{BIG_REPORT}/document"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-spapi-document-compression"], "GZIP");
+    let mut stream = resp.bytes_stream();
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut first_byte = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        first_byte.get_or_insert_with(|| started.elapsed());
+        total += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let whole = started.elapsed();
+    let first_byte = first_byte.unwrap();
+    assert_eq!(total, (BIG_REPORT_BLOCKS as u64) << 20);
+    assert_eq!(hex(&hasher.finalize()), want);
+    let growth = watch.peak().saturating_sub(baseline);
+    eprintln!(
+        "report document: 200 MiB decompressed in {whole:?}; first byte after {first_byte:?} \
+         (Amazon's two calls {amazon_calls:?} + the document host's first byte \
+         {host_first_byte:?}, directly); RSS +{:.1} MiB",
+        growth as f64 / f64::from(1 << 20)
+    );
+    assert!(
+        growth < 10_000_000,
+        "RSS grew by {growth} bytes while a report streamed"
+    );
+    // Nothing waits for the whole document before the first byte goes out.
+    assert!(
+        first_byte * 4 < whole,
+        "first byte {first_byte:?} of {whole:?}"
+    );
+}
+
+/// Issue 20: a 50 MiB feed goes up through `POST /_proxy/feeds` streamed: the document host
+/// receives exactly the bytes and the content type, and RSS grows by less than 10 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_feed_streams_up_with_flat_memory() {
+    const FEED: u64 = 50 * 1024 * 1024;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let h = Harness::start().await;
+    let chunks = || {
+        futures_util::stream::iter((0..FEED.div_ceil(CHUNK)).map(|i| {
+            let start = i * CHUNK;
+            let end = (start + CHUNK).min(FEED);
+            Ok::<_, std::io::Error>(Bytes::from(
+                (start..end).map(pattern_byte).collect::<Vec<u8>>(),
+            ))
+        }))
+    };
+    let mut want = Sha256::new();
+    let mut start = 0;
+    while start < FEED {
+        let end = (start + CHUNK).min(FEED);
+        want.update((start..end).map(pattern_byte).collect::<Vec<u8>>());
+        start = end;
+    }
+    let want = hex(&want.finalize());
+    let url =
+        h.url("/_proxy/feeds?feedType=POST_FLAT_FILE_LISTINGS_DATA&marketplaceIds=ATVPDKIKX0DER");
+    // Warm up with a small feed.
+    let warm = h
+        .client
+        .post(&url)
+        .header("content-type", "text/tab-separated-values; charset=UTF-8")
+        .body("sku\tquantity\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 202);
+
+    let baseline = rss_bytes();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let resp = h
+        .client
+        .post(&url)
+        .header("content-type", "text/tab-separated-values; charset=UTF-8")
+        .header("content-length", FEED)
+        .body(reqwest::Body::wrap_stream(chunks()))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+    let growth = watch.peak().saturating_sub(baseline);
+    let uploads = h.sim.uploads();
+    let upload = uploads
+        .iter()
+        .find(|u| u.bytes == FEED)
+        .expect("the 50 MiB upload reached the document host");
+    assert_eq!(upload.sha256, want);
+    assert_eq!(
+        upload.content_type,
+        "text/tab-separated-values; charset=UTF-8"
+    );
+    eprintln!(
+        "feed upload: 50 MiB in {took:?}; RSS +{:.1} MiB",
+        growth as f64 / f64::from(1 << 20)
+    );
+    assert!(
+        growth < 10_000_000,
+        "RSS grew by {growth} bytes while a feed streamed"
     );
 }

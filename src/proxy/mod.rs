@@ -26,12 +26,13 @@ use crate::operations::{Catalog, Operation};
 use crate::{metrics, region, target};
 
 mod admin;
+mod documents;
 mod state;
 mod upstream;
 
 pub use state::ConfigSource;
 pub(crate) use state::State;
-use upstream::{remaining, RequestBody, Upstream, MAX_INSPECTED_403};
+use upstream::{remaining, Inbound, RequestBody, Upstream, MAX_INSPECTED_403};
 
 /// Header limiting, for one request, how long it may wait for quota (seconds).
 pub const MAX_WAIT_HEADER: http::HeaderName = http::HeaderName::from_static("x-spapi-max-wait");
@@ -262,6 +263,9 @@ impl Proxy {
         let result = match self.admit(&state, &req, path, &mut cors_origin) {
             Err(e) => Err(e),
             Ok(Admitted::Preflight(preflight)) => Ok(preflight),
+            Ok(Admitted::Key(key)) if own && documents::handles(path) => {
+                self.documents(&state, req, key).instrument(span).await
+            }
             Ok(Admitted::Key(key)) if own => {
                 self.own_endpoint(&state, &req, key).instrument(span).await
             }
@@ -271,6 +275,7 @@ impl Proxy {
                     let seller = prefixed
                         .and_then(Result::ok)
                         .map(|(name, _)| name.to_string());
+                    let req = req.map(Inbound::Client);
                     self.proxy(&state, req, op, seller, key, &mut facts)
                         .instrument(span)
                         .await
@@ -366,18 +371,18 @@ impl Proxy {
     async fn proxy(
         &self,
         state: &State,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         op: Option<&'static Operation>,
         prefix_seller: Option<String>,
         inbound: Option<&InboundKey>,
         facts: &mut Facts,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &state.config;
+        let (parts, body) = req.into_parts();
         // 0. Unknown requests: refuse, or forward under the shared default limit.
         if op.is_none() {
-            self.unknown_request(config, req.method(), req.uri().path())?;
+            self.unknown_request(config, &parts.method, parts.uri.path())?;
         }
-        let (parts, body) = req.into_parts();
         let Some(received) = parts.uri.path_and_query() else {
             // CONNECT's authority form: nothing an SP-API call looks like.
             return Err(ProxyError::BadRequest("the request has no path".into()));

@@ -17,6 +17,9 @@ pub(crate) struct State {
     /// use (it follows from this config alone), so the request path clones an `Arc` instead
     /// of building the plan's strings again. Plans naming the request's own path are not kept.
     pub(super) plans: Box<[OnceLock<TokenPlan>]>,
+    /// The document host's client (report downloads, feed uploads): no redirects, and no
+    /// header of SP-API's.
+    pub(super) documents_http: reqwest::Client,
 }
 
 impl State {
@@ -85,7 +88,12 @@ impl State {
                 problem: format!("cannot build the upstream client: {e}"),
             })
         };
+        let documents_http = forward::http_client(&config).map_err(|e| ConfigError::Invalid {
+            key: "(http client)".into(),
+            problem: format!("cannot build the document host's client: {e}"),
+        })?;
         Ok(State {
+            documents_http,
             plans: Catalog::builtin()
                 .operations()
                 .iter()

@@ -19,6 +19,13 @@ pub(super) enum RequestBody {
     },
 }
 
+/// A request's body as it reaches the pipeline: the client's, or one the proxy made itself
+/// (the documents flows' own SP-API calls).
+pub(super) enum Inbound {
+    Client(Incoming),
+    Made(Bytes),
+}
+
 /// The upstream's answer: still streaming, or read whole because we had to look inside.
 pub(super) enum Upstream {
     Streaming(Response<UpstreamResponseBody>),
@@ -78,8 +85,12 @@ impl Proxy {
     pub(super) async fn read_body(
         &self,
         config: &Config,
-        mut body: Incoming,
+        body: Inbound,
     ) -> Result<RequestBody, ProxyError> {
+        let mut body = match body {
+            Inbound::Made(bytes) => return Ok(RequestBody::Buffered(bytes)),
+            Inbound::Client(body) => body,
+        };
         let limit = config.replay_buffer_bytes;
         let mut held = BytesMut::new();
         if body.size_hint().lower() <= limit {

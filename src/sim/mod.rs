@@ -12,6 +12,7 @@
 //! - [`fixtures`]: Amazon's answers, word for word.
 
 mod buckets;
+pub mod documents;
 pub mod fixtures;
 mod lwa;
 mod spapi;
@@ -179,6 +180,8 @@ struct State {
     throttled: AtomicU64,
     token_rejections: AtomicU64,
     counter: Arc<AtomicU64>,
+    /// Report and feed documents, and the document host's log.
+    documents: documents::Documents,
 }
 
 /// A running simulator; stops when dropped.
@@ -257,6 +260,7 @@ impl Simulator {
             throttled: AtomicU64::new(0),
             token_rejections: AtomicU64::new(0),
             counter,
+            documents: documents::Documents::default(),
         });
         let (stop, mut stopped) = oneshot::channel();
         let serving = Arc::clone(&state);
@@ -283,6 +287,16 @@ impl Simulator {
             state,
             stop: Some(stop),
         })
+    }
+
+    /// What the document host received as uploads (feed documents).
+    pub fn uploads(&self) -> Vec<documents::Upload> {
+        self.state.documents.uploads()
+    }
+
+    /// Every request the document host received.
+    pub fn document_host_requests(&self) -> Vec<documents::HostRequest> {
+        self.state.documents.host_requests()
     }
 
     /// Another seller authorises the application: LWA takes `refresh_token` from now on.
@@ -485,8 +499,12 @@ pub fn pattern_byte(offset: u64) -> u8 {
 }
 
 async fn handle(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.uri().path() == TOKEN_PATH {
+    let path = req.uri().path();
+    if path == TOKEN_PATH {
         lwa::answer(state, req).await
+    } else if path.starts_with(documents::S3_GET) || path.starts_with(documents::S3_PUT) {
+        // The document host (S3) checks its own presigned URLs, not SP-API's tokens.
+        state.documents.host(req).await
     } else {
         spapi::answer(state, req).await
     }

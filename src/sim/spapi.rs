@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::buckets::{admit, current_rate};
+use super::documents;
 use super::fixtures::{json_response, AmazonAnswer};
 use super::{
     hex, lock, pattern_byte, pseudo_random, tokens, Recorded, State, TokenKind, MAX_RECORDED,
@@ -218,25 +219,6 @@ fn authorize(
 }
 
 /// Reports whose id starts with 9 are of a restricted type.
-fn report_type(report_id: &str) -> &'static str {
-    if report_id.starts_with('9') {
-        "GET_FLAT_FILE_ORDER_REPORT_DATA_SHIPPING"
-    } else {
-        "GET_MERCHANT_LISTINGS_ALL_DATA"
-    }
-}
-
-fn report(id: &str) -> Value {
-    json!({
-        "reportId": id,
-        "reportType": report_type(id),
-        "processingStatus": "DONE",
-        "marketplaceIds": ["ATVPDKIKX0DER"],
-        "createdTime": "2026-11-23T10:00:00+00:00",
-        "reportDocumentId": format!("amzn1.spdoc.1.4.na.{id}"),
-    })
-}
-
 async fn route(
     state: &State,
     req: Request<Incoming>,
@@ -246,6 +228,13 @@ async fn route(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    // Where this simulator is reached, for the document URLs it hands out.
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let generic = lock(&state.settings).generic_paths;
     macro_rules! authorize {
@@ -345,28 +334,54 @@ async fn route(
         }
         (&Method::GET, ["reports", "2021-06-30", "reports"]) => {
             authorize!(Need::SellerToken);
-            json_response(200, json!({"reports": [report("50001"), report("90001")]}))
+            let d = &state.documents;
+            json_response(
+                200,
+                json!({"reports": [d.report("50001"), d.report("90001")]}),
+            )
         }
         (&Method::GET, ["reports", "2021-06-30", "reports", id]) => {
             authorize!(Need::SellerToken);
-            json_response(200, report(id))
+            json_response(200, state.documents.report(id))
         }
         (&Method::GET, ["reports", "2021-06-30", "documents", doc]) => {
             let report_id = doc.rsplit('.').next().unwrap_or("");
-            let restricted = report_type(report_id) != "GET_MERCHANT_LISTINGS_ALL_DATA";
+            let restricted = documents::report_type(report_id) != "GET_MERCHANT_LISTINGS_ALL_DATA";
             if restricted {
                 authorize!(Need::RdtSpecific);
             } else {
                 authorize!(Need::SellerToken);
             }
-            json_response(
-                200,
-                json!({
-                    "reportDocumentId": doc,
-                    "url": format!("https://tortuga-prod-na.s3-external-1.amazonaws.com/{doc}"),
-                    "compressionAlgorithm": "GZIP",
-                }),
-            )
+            match state.documents.report_document(doc, &host) {
+                Some(answer) => json_response(200, answer),
+                None => AmazonAnswer::NotFound.response(),
+            }
+        }
+        (&Method::POST, ["feeds", "2021-06-30", "documents"]) => {
+            authorize!(Need::SellerToken);
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            state
+                .documents
+                .create_feed_document(&body.unwrap_or_default(), &host)
+        }
+        (&Method::POST, ["feeds", "2021-06-30", "feeds"]) => {
+            authorize!(Need::SellerToken);
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            state.documents.create_feed(&body.unwrap_or_default())
+        }
+        (&Method::GET, ["feeds", "2021-06-30", "feeds", id]) => {
+            authorize!(Need::SellerToken);
+            match state.documents.feed(id) {
+                Some(feed) => json_response(200, feed),
+                None => AmazonAnswer::NotFound.response(),
+            }
+        }
+        (&Method::GET, ["feeds", "2021-06-30", "documents", id]) => {
+            authorize!(Need::SellerToken);
+            match state.documents.feed_document(id, &host) {
+                Some(doc) => json_response(200, doc),
+                None => AmazonAnswer::NotFound.response(),
+            }
         }
         (&Method::GET, ["_sim", "bytes"]) => {
             let size: u64 = query_param(&query, "size")

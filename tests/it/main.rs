@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cli;
 mod dialect;
+mod documents;
 mod forwarding;
 mod limits;
 mod observe;
