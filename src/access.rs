@@ -95,6 +95,17 @@ impl Access {
     /// cross-site GET, a form POST in some browsers).
     pub fn check_browser(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
         if let Some(origin) = headers.get(ORIGIN) {
+            // The proxy's own pages (the status page's revoke form): the origin is this very
+            // host, and the browser says so. (`Host` passed its own check already.)
+            let same_origin = headers.get(SEC_FETCH_SITE).map(HeaderValue::as_bytes)
+                == Some(b"same-origin")
+                && headers.get(HOST).is_some_and(|host| {
+                    origin.as_bytes().strip_prefix(b"http://") == Some(host.as_bytes())
+                        || origin.as_bytes().strip_prefix(b"https://") == Some(host.as_bytes())
+                });
+            if same_origin {
+                return Ok(None);
+            }
             return match origin.to_str() {
                 Ok(o) if self.allowed_origins.iter().any(|a| a == o) => Ok(Some(origin.clone())),
                 _ => Err(ProxyError::CrossSite(format!(
@@ -208,7 +219,7 @@ fn is_ip_literal(host: &str) -> bool {
         && host.parse::<std::net::IpAddr>().is_ok()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }

@@ -80,8 +80,9 @@ pub enum ProxyError {
     #[error(
         "no such proxy endpoint: {0}; the proxy's own are GET /_proxy/ (status page), \
          /_proxy/health, /_proxy/ready, /_proxy/status, /_proxy/quota, /_proxy/metrics, \
-         /_proxy/reports/ID/document, /_proxy/documents/ID, /_proxy/feeds/ID/result, and \
-         POST /_proxy/reload, /_proxy/tokens/refresh, /_proxy/feeds"
+         /_proxy/reports/ID/document, /_proxy/documents/ID, /_proxy/feeds/ID/result, \
+         /_proxy/oauth/start, /_proxy/oauth/callback, and POST /_proxy/reload, \
+         /_proxy/tokens/refresh, /_proxy/feeds, /_proxy/sellers/revoke"
     )]
     NoEndpoint(String),
     /// Waiting for quota would take longer than allowed, or too many requests are waiting.
@@ -132,6 +133,9 @@ pub enum ProxyError {
     /// a body whole to count it.
     #[error("length required: {0}")]
     LengthRequired(String),
+    /// A feature the config does not set up (onboarding without its keys).
+    #[error("not configured: {0}")]
+    NotConfigured(String),
     /// A broken invariant: a bug in the proxy.
     #[error("internal error: {0}")]
     Internal(String),
@@ -161,6 +165,7 @@ impl ProxyError {
             ProxyError::Processing { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::DocumentHost(_) | ProxyError::DocumentUrl(_) => StatusCode::BAD_GATEWAY,
             ProxyError::LengthRequired(_) => StatusCode::LENGTH_REQUIRED,
+            ProxyError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -199,6 +204,7 @@ impl ProxyError {
             ProxyError::DocumentHost(_) => "document_host_error",
             ProxyError::DocumentUrl(_) => "document_url_refused",
             ProxyError::LengthRequired(_) => "length_required",
+            ProxyError::NotConfigured(_) => "not_configured",
             ProxyError::Internal(_) => "internal",
         }
     }

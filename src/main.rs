@@ -83,6 +83,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Onboard sellers through Amazon's website authorization workflow.
+    Sellers {
+        #[command(subcommand)]
+        action: SellersAction,
+    },
     /// Print what the proxy would do with a request: operation, rate limit, token, upstream URL.
     Explain {
         /// HTTP method, e.g. GET.
@@ -95,6 +100,25 @@ enum Command {
         /// The seller the request acts for (as `x-spapi-seller` would name it).
         #[arg(long)]
         seller: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SellersAction {
+    /// Print the URL that authorizes the application for seller NAME, and wait until the
+    /// seller has authorized it (the proxy's callback stores the refresh token).
+    Add {
+        /// The seller's name in the proxy (`x-spapi-seller`).
+        name: String,
+        /// Its region: na, eu or fe.
+        #[arg(long)]
+        region: String,
+        /// A vendor (Vendor Central) rather than a seller.
+        #[arg(long)]
+        vendor: bool,
+        /// The proxy's base URL (default: from SPAPI_LISTEN, else http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -150,6 +174,15 @@ fn main() -> ExitCode {
         }
         Some(Command::Status { url }) => runtime.block_on(status(url)),
         Some(Command::Tokens { seller, url, .. }) => runtime.block_on(refresh_tokens(url, seller)),
+        Some(Command::Sellers {
+            action:
+                SellersAction::Add {
+                    name,
+                    region,
+                    vendor,
+                    url,
+                },
+        }) => runtime.block_on(sellers_add(url, &name, &region, vendor)),
         Some(Command::Explain {
             method,
             path,
@@ -323,6 +356,76 @@ async fn admin_call(
         return Err(format!("{url} answered {status}: {body}"));
     }
     serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))
+}
+
+/// `sellers add`: asks the proxy for the consent URL, prints it, and polls the proxy's status
+/// until the seller shows as authorized after this start (ten minutes at most, the state's life).
+async fn sellers_add(url: Option<String>, name: &str, region: &str, vendor: bool) -> ExitCode {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("seller", name)
+        .append_pair("region", region)
+        .append_pair("vendor", if vendor { "true" } else { "false" })
+        .finish();
+    let client = match admin_client() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let base = base_url(url.clone());
+    let start = format!("{base}/_proxy/oauth/start?{query}");
+    let resp = match client
+        .get(&start)
+        .header("accept", "application/json")
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&unreachable_message(&base, &e)),
+    };
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return fail(&format!(
+            "{base}/_proxy/oauth/start answered {status}: {body}"
+        ));
+    }
+    let Some(consent) = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["url"].as_str().map(str::to_string))
+    else {
+        return fail(&format!(
+            "{base}/_proxy/oauth/start answered without a url: {body}"
+        ));
+    };
+    let mut since = String::new();
+    let _ = spapi_proxy::logging::write_timestamp(&mut since, std::time::SystemTime::now());
+    println!(
+        "Open this URL in a browser signed in to the seller's account, and confirm:
+
+  {consent}
+"
+    );
+    println!("Waiting for the authorization (up to 10 minutes)...");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Ok(status) = admin_call(url.clone(), false, "/_proxy/status").await else {
+            continue;
+        };
+        let seller = &status["sellers"][name];
+        if let Some(at) = seller["authorized_at"].as_str().filter(|at| **at >= *since) {
+            println!(
+                "Seller {name} ({}) authorized at {at}; it serves requests now.",
+                seller["selling_partner_id"].as_str().unwrap_or("-")
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
+    fail("no authorization arrived within 10 minutes; run `sellers add` again")
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
 }
 
 async fn status(url: Option<String>) -> ExitCode {

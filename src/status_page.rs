@@ -10,7 +10,7 @@ use serde_json::Value;
 pub const REFRESH_SECS: u32 = 3;
 
 /// Text made safe for HTML.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -122,7 +122,7 @@ pub fn render(status: &Value) -> String {
         shared_state(&status["shared_state"]),
     );
 
-    h.push_str("<h2>Sellers</h2><table id=\"sellers\"><tr><th>seller</th><th>region</th><th>state</th><th>access token</th><th>dataElements refused</th></tr>");
+    h.push_str("<h2>Sellers</h2><table id=\"sellers\"><tr><th>seller</th><th>region</th><th>state</th><th>access token</th><th>dataElements refused</th><th>merchant id</th><th>authorized</th><th></th></tr>");
     if let Some(sellers) = status["sellers"].as_object() {
         for (name, s) in sellers {
             let regions = s["regions"].as_object();
@@ -143,13 +143,28 @@ pub fn render(status: &Value) -> String {
                     Some(o) if !o.is_empty() => esc(&Value::Object(o.clone()).to_string()),
                     _ => "none".into(),
                 };
+                // A seller onboarding stored can be revoked from here (a plain form: no script).
+                let revoke = if s["stored"] == Value::Bool(true) {
+                    let q: String = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("seller", name)
+                        .finish();
+                    format!(
+                        "<form method=\"post\" action=\"/_proxy/sellers/revoke?{}\">\
+                         <button type=\"submit\">revoke</button></form>",
+                        esc(&q)
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = write!(
                     h,
-                    "<tr class=\"seller\"><td>{}{}</td><td>{}</td><td>{state}</td><td>{}</td><td>{refused}</td></tr>",
+                    "<tr class=\"seller\"><td>{}{}</td><td>{}</td><td>{state}</td><td>{}</td><td>{refused}</td><td>{}</td><td>{}</td><td>{revoke}</td></tr>",
                     esc(name),
                     if s["default"] == Value::Bool(true) { " (default)" } else { "" },
                     esc(&region),
                     token_cell(&r["token"]),
+                    esc(&text(&s["selling_partner_id"])),
+                    esc(&text(&s["authorized_at"])),
                 );
             }
         }

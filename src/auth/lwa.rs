@@ -214,6 +214,67 @@ impl LwaClient {
         result
     }
 
+    /// Exchanges an authorization code from the website authorization workflow for the
+    /// seller's refresh token (`grant_type=authorization_code`, with the registered
+    /// `redirect_uri`). One attempt per configured secret: a code is single-use, so a
+    /// transient failure is not retried with the same code.
+    pub async fn exchange_code(
+        &self,
+        code: &Secret,
+        redirect_uri: &str,
+    ) -> Result<Secret, TokenError> {
+        let secrets = self.secrets.load_full();
+        let mut tried = vec![&secrets.current];
+        tried.extend(secrets.next.as_ref());
+        let mut last = None;
+        for secret in tried {
+            let form = form_urlencoded::Serializer::new(String::new())
+                .append_pair("grant_type", "authorization_code")
+                .append_pair("code", code.expose())
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("client_id", &self.client_id)
+                .append_pair("client_secret", secret.expose())
+                .finish();
+            let request = self
+                .http
+                .post(self.token_url.clone())
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded;charset=UTF-8",
+                )
+                .body(form);
+            crate::metrics::metrics()
+                .lwa_calls
+                .get_or_create(&crate::metrics::KindLabels {
+                    kind: "authorization_code",
+                })
+                .inc();
+            let answer = super::call_token_service(request, self.timeout, "LWA").await;
+            let result = answer.and_then(|(status, _, body)| {
+                self.parse(status, &body)?;
+                #[derive(Deserialize)]
+                struct WithRefresh {
+                    refresh_token: Option<String>,
+                }
+                serde_json::from_slice::<WithRefresh>(&body)
+                    .ok()
+                    .and_then(|w| w.refresh_token)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new)
+                    .ok_or_else(|| {
+                        TokenError::Unavailable("LWA answered without a refresh_token".into())
+                    })
+            });
+            match result {
+                Err(TokenError::Refused { ref code, .. }) if code == "invalid_client" => {
+                    last = Some(result);
+                }
+                other => return other,
+            }
+        }
+        last.unwrap_or_else(|| Err(TokenError::NotConfigured("no client secret".into())))
+    }
+
     /// The documented form body; `refresh_token` and `scope` are never sent together.
     fn form(&self, grant: &Grant, secret: &Secret) -> String {
         let mut form = form_urlencoded::Serializer::new(String::new());

@@ -428,6 +428,15 @@ impl Auth {
         names.join(", ")
     }
 
+    /// Exchanges a website-authorization code for a seller's refresh token.
+    pub async fn exchange_code(
+        &self,
+        code: &crate::secret::Secret,
+        redirect_uri: &str,
+    ) -> Result<crate::secret::Secret, TokenError> {
+        self.app.lwa.exchange_code(code, redirect_uri).await
+    }
+
     /// Every seller, sorted by name.
     pub fn sellers(&self) -> Vec<&Arc<Seller>> {
         let mut all: Vec<&Arc<Seller>> = self.sellers.values().collect();

@@ -45,6 +45,17 @@ pub(super) struct RawConfig {
     pub shared_state: Option<String>,
     pub shared_state_key: Option<String>,
     pub replicas: Option<u32>,
+    pub sellers_file: Option<String>,
+    pub oauth: Option<RawOAuth>,
+}
+
+/// `[oauth]`: onboarding sellers through Amazon's website authorization workflow.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuth {
+    pub redirect_uri: Option<String>,
+    pub draft: Option<bool>,
+    pub authorize_url: Option<String>,
 }
 
 /// `[endpoints]`: a base URL per region.
@@ -76,6 +87,7 @@ impl fmt::Debug for RawKey {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCredentials {
+    pub application_id: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
     pub next_client_secret: Option<String>,
@@ -86,6 +98,7 @@ impl fmt::Debug for RawCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let masked = |s: &Option<String>| s.as_ref().map(|_| "***");
         f.debug_struct("RawCredentials")
+            .field("application_id", &self.application_id)
             .field("client_id", &self.client_id)
             .field("client_secret", &masked(&self.client_secret))
             .field("next_client_secret", &masked(&self.next_client_secret))

@@ -24,7 +24,8 @@ use crate::operations::Operation;
 use crate::secret::Secret;
 
 pub use env::Env;
-pub use sellers::{SellerConfig, DEFAULT_SELLER};
+pub use sellers::{valid_name as valid_seller_name, SellerConfig, DEFAULT_SELLER};
+pub mod stored;
 
 /// The LWA token endpoint Amazon documents for every region.
 pub const DEFAULT_TOKEN_URL: &str = "https://api.amazon.com/auth/o2/token";
@@ -166,6 +167,9 @@ impl Region {
 /// `check` call [`Config::require_credentials`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
+    /// The application's id (`amzn1.sp.solution...` / `amzn1.sellerapps.app...`), for the
+    /// consent URL of onboarding.
+    pub application_id: Option<String>,
     /// LWA client id (not a secret: it appears in Seller Central URLs).
     pub client_id: Option<String>,
     /// LWA client secret.
@@ -379,6 +383,42 @@ pub struct Config {
     /// How many replicas share the quota (`replicas`): while Redis cannot be reached, each
     /// limits itself to this share of every bucket.
     pub replicas: u32,
+    /// Where onboarding keeps the sellers it adds (`sellers_file`; default `sellers.toml` next
+    /// to the config file). Read at start and on reload.
+    pub sellers_file: Option<std::path::PathBuf>,
+    /// Onboarding (`[oauth]`).
+    pub oauth: OAuth,
+}
+
+/// `[oauth]`: Amazon's website authorization workflow, run by the proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OAuth {
+    /// The callback registered for the application (`.../_proxy/oauth/callback`): https, or
+    /// http on a loopback host.
+    pub redirect_uri: Option<Url>,
+    /// The application is in draft: consent URLs carry `version=beta`.
+    pub draft: bool,
+    /// Replaces the Seller and Vendor Central hosts in consent URLs (a test or a simulator).
+    pub authorize_url: Option<Url>,
+}
+
+/// `oauth.redirect_uri`: https, except on a loopback host.
+fn parse_redirect_uri(key: &str, s: &str) -> Result<Url, ConfigError> {
+    let url = parse_url(key, s)?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() != "https" && !loopback {
+        return Err(invalid(
+            key,
+            format!("`{s}` must be https (plain http only on a loopback host such as 127.0.0.1)"),
+        ));
+    }
+    Ok(url)
 }
 
 /// Where replicas share their state.
@@ -558,13 +598,21 @@ impl Config {
             None => String::new(),
         };
         let file = path.map_or_else(|| "(no file)".into(), |p| p.display().to_string());
-        Config::from_toml_str(&text, &file, env)
+        let raw = file::parse(&text, &file)?;
+        let mut config = Config::validate(raw, &env::Overlay::read(env), env)?;
+        if config.sellers_file.is_none() {
+            if let Some(p) = path {
+                let dir = p.parent().unwrap_or(Path::new("."));
+                config.sellers_file = Some(dir.join("sellers.toml"));
+            }
+        }
+        config.with_stored_sellers()
     }
 
     /// Parses TOML text, applies the environment and validates the result.
     pub fn from_toml_str(text: &str, file: &str, env: Env<'_>) -> Result<Config, ConfigError> {
         let raw = file::parse(text, file)?;
-        Config::validate(raw, &env::Overlay::read(env), env)
+        Config::validate(raw, &env::Overlay::read(env), env)?.with_stored_sellers()
     }
 
     fn validate(
@@ -573,6 +621,22 @@ impl Config {
         env: Env<'_>,
     ) -> Result<Config, ConfigError> {
         let (shared_state, replicas) = Config::shared_state(over, &raw)?;
+        let oauth = match &raw.oauth {
+            None => OAuth::default(),
+            Some(o) => OAuth {
+                redirect_uri: o
+                    .redirect_uri
+                    .as_deref()
+                    .map(|u| parse_redirect_uri("oauth.redirect_uri", u))
+                    .transpose()?,
+                draft: o.draft.unwrap_or(false),
+                authorize_url: o
+                    .authorize_url
+                    .as_deref()
+                    .map(|u| parse_url("oauth.authorize_url", u))
+                    .transpose()?,
+            },
+        };
         let listen = layered(&over.listen, "listen", raw.listen.as_deref(), parse_listen)?
             .map_or_else(|| parse_listen("listen", DEFAULT_LISTEN), Ok)?;
         let region = layered(&over.region, "region", raw.region.as_deref(), Region::parse)?
@@ -605,6 +669,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
         };
         let credentials = Credentials {
+            application_id: c.application_id.map(|a| a.trim().to_string()),
             client_id: pick(&over.client_id, c.client_id),
             client_secret: pick(&over.client_secret, c.client_secret).map(Secret::new),
             next_client_secret: pick(&over.next_client_secret, c.next_client_secret)
@@ -799,7 +864,29 @@ impl Config {
             h2c: raw.h2c.unwrap_or(false),
             shared_state,
             replicas,
+            sellers_file: raw.sellers_file.map(std::path::PathBuf::from),
+            oauth,
         })
+    }
+
+    /// Adds the sellers kept in `sellers_file`; one stored under a name `proxy.toml` also uses
+    /// replaces it (onboarding is the later word on that seller's token).
+    fn with_stored_sellers(mut self) -> Result<Config, ConfigError> {
+        let Some(path) = &self.sellers_file else {
+            return Ok(self);
+        };
+        for s in stored::load(path)? {
+            self.sellers.retain(|c| c.name != s.name);
+            self.sellers.push(SellerConfig {
+                name: s.name,
+                refresh_token: s.refresh_token,
+                region: s.region,
+                selling_partner_id: s.selling_partner_id,
+                authorized_at: Some(s.authorized_at),
+            });
+        }
+        self.sellers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(self)
     }
 
     /// `shared_state`, `shared_state_key` and `replicas`; the key is required with Redis.
@@ -1287,6 +1374,30 @@ refresh_token = "Atzr|file-refresh"
         assert_eq!(c.restricted_data_for(get_orders), RestrictedData::Never);
         for (text, key) in cases {
             assert_eq!(err_key(parse(text)), key, "{text}");
+        }
+    }
+
+    #[test]
+    fn oauth_redirect_uri_table() {
+        let cases = [
+            ("https://proxy.example/_proxy/oauth/callback", true),
+            ("http://127.0.0.1:8080/_proxy/oauth/callback", true),
+            ("http://localhost:8080/_proxy/oauth/callback", true),
+            ("http://[::1]:8080/_proxy/oauth/callback", true),
+            ("http://proxy.example/_proxy/oauth/callback", false),
+            ("http://10.0.0.5/_proxy/oauth/callback", false),
+            ("ftp://proxy.example/cb", false),
+        ];
+        for (uri, ok) in cases {
+            let got = parse(&format!("[oauth]\nredirect_uri = \"{uri}\"\ndraft = true"));
+            match ok {
+                true => {
+                    let c = got.unwrap();
+                    assert_eq!(c.oauth.redirect_uri.unwrap().as_str(), uri, "{uri}");
+                    assert!(c.oauth.draft);
+                }
+                false => assert_eq!(err_key(got), "oauth.redirect_uri", "{uri}"),
+            }
         }
     }
 

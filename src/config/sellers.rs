@@ -23,6 +23,8 @@ pub struct SellerConfig {
     pub region: Region,
     /// The seller's merchant id, for the operator's reference.
     pub selling_partner_id: Option<String>,
+    /// For a seller added by onboarding (kept in `sellers_file`): when it was authorized.
+    pub authorized_at: Option<String>,
 }
 
 /// `[sellers.NAME]` as written.
@@ -37,7 +39,7 @@ struct RawSeller {
 }
 
 /// A seller name: what fits in a header and a path segment unchanged.
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -121,6 +123,7 @@ pub(super) fn sellers(
             refresh_token: Secret::new(refresh_token),
             region,
             selling_partner_id,
+            authorized_at: None,
         });
     }
     if let Some((key, token)) = single {
@@ -138,6 +141,7 @@ pub(super) fn sellers(
             refresh_token: Secret::new(token),
             region,
             selling_partner_id: None,
+            authorized_at: None,
         });
         // The single-seller form is the default unless a table says otherwise.
         default.get_or_insert_with(|| DEFAULT_SELLER.to_string());

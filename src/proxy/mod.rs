@@ -118,6 +118,8 @@ pub struct Proxy {
     reloading: std::sync::Mutex<()>,
     /// The address the server is bound to, once it is.
     bound: OnceLock<std::net::SocketAddr>,
+    /// Onboardings in progress; outlives reloads.
+    oauth: admin::OAuthStates,
     /// Hashes of the paths already logged as unknown, so each is logged once (bounded in count,
     /// and 8 bytes each whatever the path's length: a scanner must not grow it).
     unknown_seen: UnknownSeen,
@@ -219,6 +221,7 @@ impl Proxy {
             source: None,
             reloading: std::sync::Mutex::new(()),
             bound: OnceLock::new(),
+            oauth: Default::default(),
             unknown_seen: Default::default(),
         })
     }
@@ -355,6 +358,11 @@ impl Proxy {
         target::check(req.method(), req.uri(), |a| access.authority_allowed(a))?;
         let headers = req.headers();
         access.check_host(headers)?;
+        // Amazon's redirect back after onboarding's consent page: a navigation from another
+        // site, without a key. Only a state this proxy issued lets it do anything.
+        if path == admin::OAUTH_CALLBACK && req.method() == Method::GET {
+            return Ok(Admitted::Key(None));
+        }
         *cors_origin = access.check_browser(headers)?;
         if let Some(origin) = cors_origin.clone() {
             if access::is_preflight(req.method(), headers) {
@@ -365,6 +373,7 @@ impl Proxy {
         if path == "/_proxy/health" {
             return Ok(Admitted::Key(None));
         }
+
         Ok(Admitted::Key(access.check_key(headers)?))
     }
 

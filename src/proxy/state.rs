@@ -112,6 +112,11 @@ impl State {
 }
 
 impl Proxy {
+    /// The config in force now.
+    pub fn current_config(&self) -> Arc<Config> {
+        Arc::clone(&self.state.load().config)
+    }
+
     /// Lets `POST /_proxy/reload` and [`Proxy::reload`] read the config again from `source`.
     pub fn with_source(mut self, source: ConfigSource) -> Proxy {
         self.source = Some(source);

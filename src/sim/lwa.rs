@@ -54,6 +54,9 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
     if !client_ok {
         return AmazonAnswer::LwaInvalidClient.response();
     }
+    if field("grant_type") == "authorization_code" {
+        return authorization_code(state, field("code"), field("redirect_uri"), lifetime);
+    }
     let kind = match field("grant_type") {
         "refresh_token" if form.contains_key("scope") => return lwa_error(400, "invalid_request"),
         "refresh_token" if refresh_ok => TokenKind::Seller,
@@ -88,6 +91,50 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
             "token_type": "bearer",
             "expires_in": lifetime.as_secs(),
             "refresh_token": field("refresh_token"),
+        }),
+    )
+}
+
+/// The `authorization_code` grant: a refresh token for the seller who confirmed the consent
+/// page, or LWA's refusal of the code (selling-partner-api-docs#149, #2527: the code expired,
+/// was used, or came with another redirect URI).
+fn authorization_code(
+    state: &State,
+    code: &str,
+    redirect_uri: &str,
+    lifetime: std::time::Duration,
+) -> Response<ProxyBody> {
+    if !super::oauth::take_code(state, code, redirect_uri) {
+        return json_response(
+            400,
+            json!({
+                "error_description": "The request has an invalid grant parameter : code",
+                "error": "invalid_grant",
+            }),
+        );
+    }
+    let n = state.counter.fetch_add(1, Ordering::SeqCst);
+    let refresh_token = format!("Atzr|sim-onboarded-{n}-{:x}", pseudo_random(n));
+    lock(&state.settings)
+        .refresh_tokens
+        .insert(refresh_token.clone());
+    let token = format!("Atza|sim-{n}-{:x}", pseudo_random(n + 1));
+    lock(&state.tokens).insert(
+        token.clone(),
+        IssuedToken {
+            expires_at: Instant::now() + lifetime,
+            seller: Some(refresh_token.clone()),
+            kind: TokenKind::Seller,
+        },
+    );
+    // Step 4 of the website workflow: the access token and the refresh token.
+    json_response(
+        200,
+        json!({
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": lifetime.as_secs(),
+            "refresh_token": refresh_token,
         }),
     )
 }

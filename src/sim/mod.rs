@@ -15,6 +15,7 @@ mod buckets;
 pub mod documents;
 pub mod fixtures;
 mod lwa;
+pub mod oauth;
 mod spapi;
 mod tokens;
 
@@ -160,6 +161,10 @@ struct Settings {
     generic_paths: bool,
     /// Operations (operationId or `api.operationId`) the application has no role for.
     denied_operations: HashSet<String>,
+    /// The redirect URI registered for the application (the consent page's default).
+    redirect_uri: Option<String>,
+    /// How long an authorization code can be exchanged (Amazon: five minutes).
+    oauth_code_lifetime: Duration,
 }
 
 #[derive(Debug)]
@@ -182,6 +187,8 @@ struct State {
     counter: Arc<AtomicU64>,
     /// Report and feed documents, and the document host's log.
     documents: documents::Documents,
+    /// Authorization codes not yet exchanged.
+    oauth_codes: Mutex<HashMap<String, oauth::Code>>,
 }
 
 /// A running simulator; stops when dropped.
@@ -247,6 +254,8 @@ impl Simulator {
                 deny_resources: false,
                 generic_paths: true,
                 denied_operations: HashSet::new(),
+                redirect_uri: None,
+                oauth_code_lifetime: Duration::from_secs(300),
             }),
             tokens,
             requests: Mutex::new(Vec::new()),
@@ -261,6 +270,7 @@ impl Simulator {
             token_rejections: AtomicU64::new(0),
             counter,
             documents: documents::Documents::default(),
+            oauth_codes: Mutex::new(HashMap::new()),
         });
         let (stop, mut stopped) = oneshot::channel();
         let serving = Arc::clone(&state);
@@ -287,6 +297,11 @@ impl Simulator {
             state,
             stop: Some(stop),
         })
+    }
+
+    /// How long authorization codes can be exchanged (zero: they expire at once).
+    pub fn set_oauth_code_lifetime(&self, lifetime: Duration) {
+        lock(&self.state.settings).oauth_code_lifetime = lifetime;
     }
 
     /// What the document host received as uploads (feed documents).
@@ -502,6 +517,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     if path == TOKEN_PATH {
         lwa::answer(state, req).await
+    } else if path == oauth::CONSENT_PATH {
+        oauth::consent(state, &req)
+    } else if path == oauth::CONFIRM_PATH {
+        oauth::confirm(state, &req)
     } else if path.starts_with(documents::S3_GET) || path.starts_with(documents::S3_PUT) {
         // The document host (S3) checks its own presigned URLs, not SP-API's tokens.
         state.documents.host(req).await

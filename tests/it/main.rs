@@ -10,6 +10,7 @@ mod documents;
 mod forwarding;
 mod limits;
 mod observe;
+mod onboarding;
 mod probe;
 mod readme;
 mod recipes;

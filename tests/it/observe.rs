@@ -319,7 +319,7 @@ async fn a_token_refresh_fetches_new_tokens_now() {
 }
 
 /// chromedriver on a free loopback port, or `None` (with the reason) where it is not installed.
-async fn chromedriver() -> Result<(tokio::process::Child, String), String> {
+pub(crate) async fn chromedriver() -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt as _;
     let binary = ["chromedriver", "/usr/lib/chromium/chromedriver"]
         .into_iter()

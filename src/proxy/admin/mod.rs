@@ -3,6 +3,7 @@
 //! here; what a key limited to sellers may see is decided by [`Viewer`].
 
 mod metrics;
+mod oauth;
 mod page;
 mod quota;
 mod ready;
@@ -11,6 +12,11 @@ mod status;
 mod tokens;
 
 use http::{Method, Request, Response, StatusCode};
+
+pub(crate) use oauth::OAuthStates;
+
+/// Amazon's redirect back from the consent page: reachable without a key.
+pub(crate) const OAUTH_CALLBACK: &str = "/_proxy/oauth/callback";
 use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
@@ -41,6 +47,27 @@ impl Proxy {
             (&Method::GET, "/_proxy/metrics") => metrics::answer(self, req, viewer),
             (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query(), viewer).await,
             (&Method::POST, "/_proxy/reload") => reload::answer(self, key),
+            (&Method::GET, "/_proxy/oauth/start") => {
+                let json = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("application/json"));
+                self.oauth_start(state, req.uri().query(), json, viewer)
+            }
+            (&Method::GET, OAUTH_CALLBACK) => {
+                Ok(self.oauth_callback(state, req.uri().query()).await)
+            }
+            (&Method::POST, "/_proxy/sellers/revoke") => {
+                // The status page's form: answered with a redirect back to it.
+                let from_page = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+                self.sellers_revoke(state, req.uri().query(), from_page, viewer)
+                    .await
+            }
             (&Method::POST, "/_proxy/tokens/refresh") => {
                 self.tokens_refresh(state, req.uri().query(), key).await
             }

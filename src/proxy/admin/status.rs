@@ -70,6 +70,10 @@ pub(super) fn status(
                 serde_json::json!({
                     "region": s.config.region.name(),
                     "selling_partner_id": s.config.selling_partner_id,
+                    // Sellers added by onboarding (kept in sellers_file): when, and that they
+                    // can be revoked here.
+                    "authorized_at": s.config.authorized_at,
+                    "stored": s.config.authorized_at.is_some(),
                     "default": config.default_seller.as_deref() == Some(&*s.name),
                     "healthy": s.used_regions().all(|a| a.healthy()),
                     "regions": regions,
