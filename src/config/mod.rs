@@ -871,11 +871,23 @@ impl Config {
 
     /// Adds the sellers kept in `sellers_file`; one stored under a name `proxy.toml` also uses
     /// replaces it (onboarding is the later word on that seller's token).
+    ///
+    /// Only the file: with `shared_state` the stored sellers are in Redis, which the proxy
+    /// reads when it builds its state from this config (parsing a config does no network I/O).
     fn with_stored_sellers(mut self) -> Result<Config, ConfigError> {
-        let Some(path) = &self.sellers_file else {
+        if self.shared_state.is_some() {
             return Ok(self);
-        };
-        for s in stored::load(path)? {
+        }
+        if let Some(path) = &self.sellers_file {
+            let found = stored::load(path)?;
+            self.add_stored(found);
+        }
+        Ok(self)
+    }
+
+    /// Adds stored sellers, each replacing a seller of the same name.
+    pub fn add_stored(&mut self, found: Vec<stored::StoredSeller>) {
+        for s in found {
             self.sellers.retain(|c| c.name != s.name);
             self.sellers.push(SellerConfig {
                 name: s.name,
@@ -886,7 +898,6 @@ impl Config {
             });
         }
         self.sellers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(self)
     }
 
     /// `shared_state`, `shared_state_key` and `replicas`; the key is required with Redis.

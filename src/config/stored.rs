@@ -48,6 +48,50 @@ const HEADER: &str =
     "# Sellers added through spapi-proxy's onboarding (/_proxy/oauth). Written by the proxy:\n\
 # edit only while it is stopped. Holds refresh tokens: keep it mode 0600.\n\n";
 
+/// The stored sellers `config` names: in Redis with `shared_state`, else in `sellers_file`.
+/// Redis not answering is a WARN, not an error: the proxy goes on with the sellers of
+/// `proxy.toml`, and the stored ones come back with the next reload.
+pub fn load_for(config: &super::Config) -> Result<Vec<StoredSeller>, ConfigError> {
+    if let Some(shared) = &config.shared_state {
+        return Ok(crate::shared::sellers::load(shared).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the shared state did not answer; sellers added by onboarding are left out until the next reload");
+            Vec::new()
+        }));
+    }
+    match &config.sellers_file {
+        Some(path) => load(path),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Whether `config` has somewhere to keep onboarded sellers.
+pub fn available(config: &super::Config) -> bool {
+    config.shared_state.is_some() || config.sellers_file.is_some()
+}
+
+/// Stores `seller` (replacing one of the same name) where `config` keeps them.
+pub fn put_for(config: &super::Config, seller: &StoredSeller) -> Result<(), String> {
+    if let Some(shared) = &config.shared_state {
+        return crate::shared::sellers::put(shared, seller);
+    }
+    let path = config.sellers_file.as_deref().ok_or("no sellers_file")?;
+    let mut all = load(path).map_err(|e| e.to_string())?;
+    all.retain(|s| s.name != seller.name);
+    all.push(seller.clone());
+    save(path, &all).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Deletes the stored seller `name`.
+pub fn remove_for(config: &super::Config, name: &str) -> Result<(), String> {
+    if let Some(shared) = &config.shared_state {
+        return crate::shared::sellers::remove(shared, name);
+    }
+    let path = config.sellers_file.as_deref().ok_or("no sellers_file")?;
+    let mut all = load(path).map_err(|e| e.to_string())?;
+    all.retain(|s| s.name != name);
+    save(path, &all).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// The sellers in `path`; none if the file does not exist.
 pub fn load(path: &Path) -> Result<Vec<StoredSeller>, ConfigError> {
     let text = match std::fs::read_to_string(path) {

@@ -190,6 +190,8 @@ const UNKNOWN_PATHS_REMEMBERED: usize = 10_000;
 impl Proxy {
     /// Builds the proxy from validated config. Nothing is fetched until the first request.
     pub fn new(config: &Config) -> Result<Proxy, ConfigError> {
+        let with_shared = with_shared_sellers(config.clone());
+        let config = &with_shared;
         let shared = config
             .shared_state
             .as_ref()
@@ -672,6 +674,17 @@ impl Ctx<'_> {
     fn labels(&self) -> metrics::OperationLabels {
         metrics::OperationLabels::new(self.key.seller.clone().unwrap_or_else(no_seller), self.op)
     }
+}
+
+/// With `shared_state`, the sellers onboarding stored in Redis join the config's (a config
+/// file's `sellers_file` ones were added when it was parsed).
+pub(crate) fn with_shared_sellers(mut config: Config) -> Config {
+    if config.shared_state.is_some() {
+        if let Ok(found) = crate::config::stored::load_for(&config) {
+            config.add_stored(found);
+        }
+    }
+    config
 }
 
 /// The seller label of a request that has none.

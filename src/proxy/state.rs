@@ -139,6 +139,7 @@ impl Proxy {
 
     /// Applies a new, valid config (what [`Proxy::reload`] does after reading it).
     pub fn apply(&self, config: Config) -> Result<String, ConfigError> {
+        let config = super::with_shared_sellers(config);
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         config.check_exposure()?;
         let old = self.state.load_full();

@@ -9,6 +9,7 @@
 //! up and reconnects while it is down. While down, nothing on the request path waits for Redis.
 
 pub mod buckets;
+pub mod sellers;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +57,7 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// A client for `config`; nothing is connected until first use.
     pub fn new(config: &SharedState, replicas: u32) -> Result<Arc<Redis>, ConfigError> {
+        tls_provider();
         let client =
             redis::Client::open(config.url.expose()).map_err(|e| ConfigError::Invalid {
                 key: "shared_state".into(),
@@ -171,6 +173,12 @@ impl Redis {
             }
         }
     }
+}
+
+/// rediss:// goes through rustls, which needs one process-wide crypto provider: ring, as
+/// everywhere else in the proxy (a build that also links aws-lc-rs could not pick one itself).
+pub(crate) fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// What went wrong, in words that never hold the URL or a password.

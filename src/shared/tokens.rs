@@ -60,7 +60,41 @@ impl Sealer {
         }
     }
 
-    /// nonce || ciphertext || tag.
+    /// nonce || ciphertext || tag, `aad` bound to it.
+    pub(crate) fn seal_bytes(&self, aad: &str, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut data = plain.to_vec();
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| StoreError("no randomness for a nonce".into()))?;
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| StoreError("cannot encrypt".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    /// What [`Sealer::seal_bytes`] sealed with this `aad`, if it opens.
+    pub(crate) fn open_bytes(&self, aad: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut data)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
+    /// A token, sealed for `name`.
     pub(crate) fn seal(&self, name: &str, token: &StoredToken) -> Result<Vec<u8>, StoreError> {
         let plain = Plain {
             t: token.token.expose().to_string(),
@@ -73,36 +107,14 @@ impl Sealer {
                 .unwrap_or(u64::MAX),
             l: token.lifetime.as_millis().try_into().unwrap_or(u64::MAX),
         };
-        let mut data = serde_json::to_vec(&plain).map_err(|e| StoreError(e.to_string()))?;
-        let mut nonce = [0u8; NONCE_LEN];
-        self.random
-            .fill(&mut nonce)
-            .map_err(|_| StoreError("no randomness for a nonce".into()))?;
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| StoreError("cannot encrypt".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        Ok(out)
+        let data = serde_json::to_vec(&plain).map_err(|e| StoreError(e.to_string()))?;
+        self.seal_bytes(name, &data)
     }
 
     /// The token in `sealed`, if it was sealed under this key for this name.
     pub(crate) fn open(&self, name: &str, sealed: &[u8]) -> Option<StoredToken> {
-        if sealed.len() < NONCE_LEN {
-            return None;
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut data = rest.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut data)
-            .ok()?;
-        let p: Plain = serde_json::from_slice(plain).ok()?;
+        let plain = self.open_bytes(name, sealed)?;
+        let p: Plain = serde_json::from_slice(&plain).ok()?;
         Some(StoredToken {
             token: Secret::new(p.t),
             fetched_at: UNIX_EPOCH.checked_add(Duration::from_millis(p.f))?,

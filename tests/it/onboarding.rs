@@ -26,6 +26,14 @@ fn scratch(test: &str) -> PathBuf {
 async fn onboarding_harness(test: &str, keys: bool) -> (Harness, PathBuf) {
     let dir = scratch(test);
     let sellers_file = dir.join("sellers.toml");
+    let store = format!("sellers_file = \"{}\"\n", sellers_file.display());
+    let (h, _) = onboarding_harness_with(keys, &store).await;
+    (h, sellers_file)
+}
+
+/// The same with `store` naming where sellers are kept; also answers the config text, for
+/// replicas.
+pub(crate) async fn onboarding_harness_with(keys: bool, store: &str) -> (Harness, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -40,17 +48,16 @@ async fn onboarding_harness(test: &str, keys: bool) -> (Harness, PathBuf) {
         String::new()
     };
     let toml = format!(
-        "rate_limit = false\n{keys}sellers_file = \"{}\"\n\
+        "rate_limit = false\n{keys}{store}\
          [credentials]\napplication_id = \"{SIM_APPLICATION_ID}\"\n\
          [oauth]\nredirect_uri = \"http://127.0.0.1:{port}/_proxy/oauth/callback\"\n\
          authorize_url = \"{}\"\n",
-        sellers_file.display(),
         sim.url()
     );
     let config = config_for(&sim, &toml);
     let proxy = Proxy::new(&config).unwrap();
     let h = Harness::with_proxy_on(sim, proxy, &config, &format!("127.0.0.1:{port}")).await;
-    (h, sellers_file)
+    (h, toml)
 }
 
 fn location(resp: &reqwest::Response) -> String {
@@ -63,7 +70,7 @@ fn location(resp: &reqwest::Response) -> String {
 
 /// The flow without a browser: start (with `key`), the consent page, its Confirm link; answers
 /// the callback URL Amazon sends the browser to.
-async fn consent(h: &Harness, seller: &str, key: Option<&str>) -> String {
+pub(crate) async fn consent(h: &Harness, seller: &str, key: Option<&str>) -> String {
     let c = client();
     let mut start = c.get(h.url(&format!("/_proxy/oauth/start?seller={seller}&region=na")));
     if let Some(k) = key {

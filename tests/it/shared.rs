@@ -451,3 +451,69 @@ async fn the_lua_pacing_step_matches_the_rust_one() {
         }
     }
 }
+
+/// With `shared_state`, onboarding keeps the seller in Redis, sealed: another replica loading
+/// its config finds it and serves it; revoking removes it there.
+#[tokio::test]
+async fn onboarded_sellers_are_kept_in_redis_for_every_replica() {
+    let Some(redis) = redis_or_skip("onboarded_sellers_are_kept_in_redis_for_every_replica").await
+    else {
+        return;
+    };
+    let store = format!(
+        "shared_state = \"{}\"\nshared_state_key = \"{KEY}\"\n",
+        redis.url()
+    );
+    let (h, toml) = crate::onboarding::onboarding_harness_with(false, &store).await;
+    let callback = crate::onboarding::consent(&h, "newco", None).await;
+    let done = crate::support::client()
+        .get(&callback)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+
+    let mut c = redis.conn().await.unwrap();
+    let stored: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg("spapi-proxy:sellers")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].0, "newco");
+    let sealed = String::from_utf8_lossy(&stored[0].1).into_owned();
+    assert!(
+        !sealed.contains("Atzr|"),
+        "the refresh token is readable in Redis"
+    );
+
+    // Another replica, starting now from the same config, finds the seller in Redis and
+    // serves it.
+    let config = config_for(&h.sim, &toml);
+    assert!(!config.sellers.iter().any(|s| s.name == "newco"), "parsing does no I/O");
+    let replica = h.replica(&config).await;
+    let resp = crate::support::client()
+        .get(format!(
+            "{}/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER",
+            replica.url
+        ))
+        .header("x-spapi-seller", "newco")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Revoked: gone from Redis.
+    let revoked = crate::support::client()
+        .post(h.url("/_proxy/sellers/revoke?seller=newco"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let left: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg("spapi-proxy:sellers")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+}

@@ -3,14 +3,14 @@
 //! sends the operator's browser to the region's Seller (or Vendor) Central consent page with an
 //! unguessable, single-use `state` bound to the seller's name, takes Amazon's redirect back,
 //! exchanges the authorization code at LWA for the seller's refresh token, keeps it in
-//! `sellers_file`, and applies it at once.
+//! `sellers_file` (or, with `shared_state`, in Redis), and applies it at once.
 //!
 //! `start` and `revoke` need an unrestricted key (or no keys: a loopback-only proxy). The
 //! callback is the one endpoint reachable without a key (and from Amazon's page, another
 //! site): all it can do is finish an onboarding this proxy started, once, within ten minutes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
@@ -35,7 +35,7 @@ const MAX_PENDING: usize = 1000;
 pub(crate) struct OAuthStates {
     /// By the state's random part.
     pending: Mutex<HashMap<String, Pending>>,
-    /// One read-modify-write of `sellers_file` at a time.
+    /// One read-modify-write of the seller store at a time.
     writing: tokio::sync::Mutex<()>,
 }
 
@@ -85,7 +85,7 @@ fn consent_base(config: &Config, region: Region, vendor: bool) -> String {
 }
 
 /// What onboarding needs from the config, or which keys are missing.
-fn settings(config: &Config) -> Result<(&str, &str, &std::path::Path), ProxyError> {
+fn settings(config: &Config) -> Result<(&str, &str), ProxyError> {
     let mut missing = Vec::new();
     let app = config.credentials.application_id.as_deref();
     if app.is_none() {
@@ -95,12 +95,11 @@ fn settings(config: &Config) -> Result<(&str, &str, &std::path::Path), ProxyErro
     if redirect.is_none() {
         missing.push("oauth.redirect_uri");
     }
-    let file = config.sellers_file.as_deref();
-    if file.is_none() {
-        missing.push("sellers_file");
+    if !stored::available(config) {
+        missing.push("sellers_file (or shared_state)");
     }
-    match (app, redirect, file) {
-        (Some(a), Some(r), Some(f)) => Ok((a, r, f)),
+    match (app, redirect) {
+        (Some(a), Some(r)) if missing.is_empty() => Ok((a, r)),
         _ => Err(ProxyError::NotConfigured(format!(
             "onboarding needs {}",
             missing.join(", ")
@@ -182,7 +181,7 @@ impl Proxy {
             Some(_) => return Err(ProxyError::BadRequest("vendor is true or false".into())),
         };
         let config = &state.config;
-        let (application_id, redirect_uri, _) = settings(config)?;
+        let (application_id, redirect_uri) = settings(config)?;
 
         let mut nonce = [0u8; 32];
         SystemRandom::new()
@@ -293,7 +292,7 @@ impl Proxy {
                 "The selling_partner_id is not a merchant id.",
             );
         }
-        let (_, redirect_uri, file) = match settings(&state.config) {
+        let (_, redirect_uri) = match settings(&state.config) {
             Ok(s) => s,
             Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         };
@@ -324,10 +323,7 @@ impl Proxy {
                 t
             },
         };
-        if let Err(e) = self
-            .store_seller(state, file, Some(seller.clone()), &seller.name)
-            .await
-        {
+        if let Err(e) = self.store_seller(Some(seller.clone()), &seller.name).await {
             return refused(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("The seller was authorized but could not be stored: {e}"),
@@ -362,19 +358,20 @@ impl Proxy {
         let name = param(&q, "seller")
             .ok_or_else(|| ProxyError::BadRequest("seller=NAME is required".into()))?
             .to_string();
-        let file = state
-            .config
-            .sellers_file
-            .clone()
-            .ok_or_else(|| ProxyError::NotConfigured("revoking needs sellers_file".into()))?;
-        let stored = stored::load(&file).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        if !stored::available(&state.config) {
+            return Err(ProxyError::NotConfigured(
+                "revoking needs sellers_file (or shared_state)".into(),
+            ));
+        }
+        let stored =
+            stored::load_for(&state.config).map_err(|e| ProxyError::Internal(e.to_string()))?;
         if !stored.iter().any(|s| s.name == name) {
             return Err(ProxyError::BadRequest(format!(
                 "no seller `{}` was added by onboarding (sellers in proxy.toml are removed there)",
                 crate::logging::capped(&name)
             )));
         }
-        self.store_seller(state, &file, None, &name)
+        self.store_seller(None, &name)
             .await
             .map_err(ProxyError::Internal)?;
         tracing::info!(seller = %name, "stored seller revoked");
@@ -390,23 +387,22 @@ impl Proxy {
         ))
     }
 
-    /// Replaces (or, with `None`, removes) the stored seller `name` in `file`, then applies the
-    /// current config with it, so that it serves (or stops serving) at once.
-    async fn store_seller(
-        &self,
-        state: &State,
-        file: &std::path::Path,
-        seller: Option<StoredSeller>,
-        name: &str,
-    ) -> Result<(), String> {
+    /// Stores (or, with `None`, removes) the seller `name`, then applies the current config
+    /// with it, so that it serves (or stops serving) at once.
+    async fn store_seller(&self, seller: Option<StoredSeller>, name: &str) -> Result<(), String> {
         let _one = self.oauth.writing.lock().await;
-        let mut all = stored::load(file).map_err(|e| e.to_string())?;
-        all.retain(|s| s.name != name);
-        all.extend(seller.clone());
-        stored::save(file, &all).map_err(|e| format!("{}: {e}", file.display()))?;
         // From the latest config: a reload may have come since this request started.
-        let _ = state;
-        let mut config = (*self.current_config()).clone();
+        let latest = self.current_config();
+        // The store calls block briefly (a file, or a short Redis connection).
+        let (store, store_seller, store_name) =
+            (Arc::clone(&latest), seller.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || match &store_seller {
+            Some(s) => stored::put_for(&store, s),
+            None => stored::remove_for(&store, &store_name),
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let mut config = (*latest).clone();
         config.sellers.retain(|s| s.name != name);
         if let Some(s) = seller {
             config.sellers.push(SellerConfig {
