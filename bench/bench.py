@@ -142,7 +142,7 @@ http {{
         wait_http(f"http://127.0.0.1:{self.nginx_port}{ORDERS}")
         return p
 
-    def proxy_env(self, toml_text=""):
+    def proxy_env(self, toml_text="", log="info"):
         config = os.path.join(self.dir, "proxy.toml")
         with open(config, "w") as f:
             f.write(toml_text)
@@ -155,15 +155,15 @@ http {{
                 "SPAPI_CLIENT_SECRET": "bench-secret",
                 "SPAPI_REFRESH_TOKEN": "Atzr|bench",
                 "SPAPI_LISTEN": f"127.0.0.1:{self.proxy_port}",
-                "RUST_LOG": "info",
+                "RUST_LOG": log,
             }
         )
         if "rate_limit" not in toml_text:
             env["SPAPI_RATE_LIMIT"] = "off"
         return env, config
 
-    def start_proxy(self, toml_text="", under=(), wait=True):
-        env, config = self.proxy_env(toml_text)
+    def start_proxy(self, toml_text="", under=(), wait=True, log="info"):
+        env, config = self.proxy_env(toml_text, log)
         p = self.spawn(list(under) + [BIN, "serve", "--config", config], "spapi-proxy", env=env)
         if wait:
             wait_http(f"http://127.0.0.1:{self.proxy_port}/_proxy/ready", timeout=120)
@@ -239,6 +239,10 @@ http {{
         if n:
             self.curl_requests(port, path, n)
         self.stop(p)
+        keep = os.environ.get("BENCH_KEEP_CALLGRIND")
+        if keep and n:
+            # For callgrind_annotate: the profile of the last measured run.
+            shutil.copy(out, keep)
         with open(out) as f:
             for line in f:
                 if line.startswith("summary:") or line.startswith("totals:"):
@@ -251,9 +255,9 @@ http {{
         full = self.callgrind_total(start, port, path, n)
         return (full - base) / n
 
-    def proxy_instructions(self, path, toml_text=""):
+    def proxy_instructions(self, path, toml_text="", log="info"):
         def start(under):
-            return self.start_proxy(toml_text, under=under)
+            return self.start_proxy(toml_text, under=under, log=log)
 
         return self.instructions(start, self.proxy_port, path)
 
@@ -363,12 +367,14 @@ def main():
     try:
         b.start_upstream()
         if "instructions" in only:
+            warn_ir = b.proxy_instructions(ORDERS, log="warn")
             proxy_ir = b.proxy_instructions(ORDERS)
             nginx_ir = b.nginx_instructions(ORDERS)
             report.append(
                 f"\ninstructions per request (callgrind, {args.requests} keep-alive requests after {args.warmup}):\n"
-                f"  nginx proxy_pass  {nginx_ir:>9,.0f}\n"
-                f"  spapi-proxy       {proxy_ir:>9,.0f}   ({proxy_ir / nginx_ir:.2f}x nginx)"
+                f"  nginx proxy_pass                {nginx_ir:>9,.0f}\n"
+                f"  spapi-proxy (default log level) {proxy_ir:>9,.0f}   ({proxy_ir / nginx_ir:.2f}x nginx)\n"
+                f"  spapi-proxy, RUST_LOG=warn      {warn_ir:>9,.0f}   ({warn_ir / nginx_ir:.2f}x nginx)"
             )
             if "paths" in only:
                 rdt_ir = b.proxy_instructions(ADDRESS)

@@ -490,7 +490,10 @@ async fn onboarded_sellers_are_kept_in_redis_for_every_replica() {
     // Another replica, starting now from the same config, finds the seller in Redis and
     // serves it.
     let config = config_for(&h.sim, &toml);
-    assert!(!config.sellers.iter().any(|s| s.name == "newco"), "parsing does no I/O");
+    assert!(
+        !config.sellers.iter().any(|s| s.name == "newco"),
+        "parsing does no I/O"
+    );
     let replica = h.replica(&config).await;
     let resp = crate::support::client()
         .get(format!(
