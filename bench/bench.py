@@ -241,8 +241,9 @@ http {{
         self.stop(p)
         keep = os.environ.get("BENCH_KEEP_CALLGRIND")
         if keep and n:
-            # For callgrind_annotate: the profile of the last measured run.
-            shutil.copy(out, keep)
+            # For callgrind_annotate: each measured run's profile, numbered in order.
+            self.kept = getattr(self, "kept", 0) + 1
+            shutil.copy(out, f"{keep}.{self.kept}")
         with open(out) as f:
             for line in f:
                 if line.startswith("summary:") or line.startswith("totals:"):

@@ -24,8 +24,13 @@ pub enum Format {
     Json,
 }
 
+/// The format [`init`] installed: set only when the proxy's own subscriber writes the lines,
+/// so that [`write_request`] can write a request line itself.
+static INSTALLED: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
 /// Installs the subscriber: `RUST_LOG` (default `info`), lines on stderr in `format`.
 pub fn init(format: Format) {
+    let _ = INSTALLED.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -35,6 +40,141 @@ pub fn init(format: Format) {
     match format {
         Format::Text => builder.event_format(LeanText).init(),
         Format::Json => builder.event_format(LeanJson).init(),
+    }
+}
+
+/// The fields of the one line logged per request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLine<'a> {
+    /// The request's method.
+    pub method: &'a str,
+    /// Its path, [`capped`].
+    pub path: &'a str,
+    /// Whose, or `-`.
+    pub seller: &'a str,
+    /// The operationId, or `-`.
+    pub op: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// Milliseconds from the request to its answer's head.
+    pub latency_ms: u64,
+    /// Milliseconds waited for quota.
+    pub queue_ms: u64,
+    /// `lwa`, `rdt`, `grantless` or `none`.
+    pub token: &'a str,
+    /// `included`, `omitted` or `-`.
+    pub pii: &'a str,
+    /// Amazon's `x-amzn-RequestId`, or `-`.
+    pub request_id: &'a str,
+}
+
+/// The request line's target: the module that logs it.
+const REQUEST_TARGET: &str = "spapi_proxy::proxy";
+
+/// Where the request line goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSink {
+    /// Nowhere: info is off for it.
+    Off,
+    /// Written by [`write_request`] in this format.
+    Direct(Format),
+    /// Through `tracing` (another subscriber, or debug level, where the line carries its span,
+    /// which only the subscriber knows).
+    Tracing,
+}
+
+/// Where the request line goes; decided before its fields are gathered. With the proxy's own
+/// subscriber installed, its filter (`RUST_LOG`) is fixed for the process's life, so the
+/// answer is worked out once: asking the filter cost two hundred-odd instructions per request.
+pub fn request_sink() -> RequestSink {
+    static DECIDED: std::sync::OnceLock<RequestSink> = std::sync::OnceLock::new();
+    if INSTALLED.get().is_some() {
+        return *DECIDED.get_or_init(decide_sink);
+    }
+    decide_sink()
+}
+
+fn decide_sink() -> RequestSink {
+    if !tracing::enabled!(target: REQUEST_TARGET, tracing::Level::INFO) {
+        return RequestSink::Off;
+    }
+    match INSTALLED.get() {
+        Some(f) if !tracing::enabled!(target: REQUEST_TARGET, tracing::Level::DEBUG) => {
+            RequestSink::Direct(*f)
+        }
+        _ => RequestSink::Tracing,
+    }
+}
+
+/// Writes the request line straight to stderr in `format`: the same bytes the subscriber
+/// writes for the `tracing` event, without the event's dispatch (callsite, field visitor, the
+/// subscriber's layers).
+pub fn write_request(format: Format, r: &RequestLine<'_>) {
+    LINE.with(|line| {
+        let mut owned = String::new();
+        let mut borrowed = line.try_borrow_mut();
+        let line: &mut String = match &mut borrowed {
+            Ok(l) => l,
+            Err(_) => &mut owned,
+        };
+        line.clear();
+        format_request(format, r, SystemTime::now(), line);
+        use std::io::Write as _;
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    });
+}
+
+/// The request line as the subscriber formats the event (see [`LeanText`], [`LeanJson`]).
+fn format_request(format: Format, r: &RequestLine<'_>, now: SystemTime, line: &mut String) {
+    let mut status = itoa::Buffer::new();
+    let mut latency = itoa::Buffer::new();
+    let mut queue = itoa::Buffer::new();
+    let fields: [(&str, &str, bool); 10] = [
+        ("method", r.method, true),
+        ("path", r.path, true),
+        ("seller", r.seller, true),
+        ("op", r.op, true),
+        ("status", status.format(r.status), false),
+        ("latency_ms", latency.format(r.latency_ms), false),
+        ("queue_ms", queue.format(r.queue_ms), false),
+        ("token", r.token, true),
+        ("pii", r.pii, true),
+        ("request_id", r.request_id, true),
+    ];
+    match format {
+        Format::Text => {
+            let _ = write_timestamp(line, now);
+            line.push_str("  INFO ");
+            line.push_str(REQUEST_TARGET);
+            line.push_str(": request");
+            for (name, value, _) in fields {
+                line.push(' ');
+                line.push_str(name);
+                line.push('=');
+                push_text(line, value);
+            }
+            line.push('\n');
+        }
+        Format::Json => {
+            line.push_str("{\"timestamp\":\"");
+            let _ = write_timestamp(line, now);
+            line.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
+            for (name, value, quoted) in fields {
+                line.push_str(",\"");
+                line.push_str(name);
+                line.push_str("\":");
+                if quoted {
+                    line.push('"');
+                    push_json(line, value);
+                    line.push('"');
+                } else {
+                    line.push_str(value);
+                }
+            }
+            line.push_str(",\"target\":\"");
+            line.push_str(REQUEST_TARGET);
+            line.push_str("\"}\n");
+        }
     }
 }
 
@@ -426,6 +566,104 @@ mod tests {
             let mut out = String::new();
             write_timestamp(&mut out, UNIX_EPOCH + Duration::from_millis(ms)).unwrap();
             assert_eq!(out, want);
+        }
+    }
+
+    /// What the subscriber writes for one event, in `format`.
+    fn through_subscriber(format: Format, emit: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false);
+        match format {
+            Format::Text => {
+                tracing::subscriber::with_default(builder.event_format(LeanText).finish(), emit)
+            }
+            Format::Json => {
+                tracing::subscriber::with_default(builder.event_format(LeanJson).finish(), emit)
+            }
+        }
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The directly written request line is byte for byte the subscriber's, timestamp aside.
+    #[test]
+    fn the_direct_request_line_is_the_subscribers() {
+        let cases = [
+            RequestLine {
+                method: "GET",
+                path: "/orders/v0/orders",
+                seller: "acme",
+                op: "getOrders",
+                status: 200,
+                latency_ms: 12,
+                queue_ms: 0,
+                token: "lwa",
+                pii: "-",
+                request_id: "b1f5-42",
+            },
+            RequestLine {
+                method: "POST",
+                path: "/x\r\ny \"q\" \u{1b}]0;",
+                seller: "-",
+                op: "-",
+                status: 429,
+                latency_ms: u64::MAX,
+                queue_ms: 7,
+                token: "none",
+                pii: "omitted",
+                request_id: "-",
+            },
+        ];
+        let strip = |s: &str, format: Format| -> String {
+            match format {
+                // `2026-12-07T02:45:43.466Z` starts every text line.
+                Format::Text => s[24..].to_string(),
+                Format::Json => {
+                    let start = s.find("\"timestamp\":\"").unwrap() + 13;
+                    format!("{}{}", &s[..start], &s[start + 24..])
+                }
+            }
+        };
+        for r in cases {
+            for format in [Format::Text, Format::Json] {
+                let via_tracing = through_subscriber(format, || {
+                    tracing::info!(
+                        target: "spapi_proxy::proxy",
+                        message = "request",
+                        method = r.method,
+                        path = r.path,
+                        seller = r.seller,
+                        op = r.op,
+                        status = r.status,
+                        latency_ms = r.latency_ms,
+                        queue_ms = r.queue_ms,
+                        token = r.token,
+                        pii = r.pii,
+                        request_id = r.request_id,
+                    );
+                });
+                let mut direct = String::new();
+                format_request(format, &r, SystemTime::now(), &mut direct);
+                assert_eq!(
+                    strip(&direct, format),
+                    strip(&via_tracing, format),
+                    "{format:?}"
+                );
+            }
         }
     }
 }

@@ -297,14 +297,41 @@ impl Metrics {
 
     /// Counts an answered request.
     pub fn request(&self, labels: RequestLabels) {
-        let mut seen = self.requests_seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(counter) = seen.get(&labels) {
-            counter.inc();
+        // The last series this thread counted, compared by pointer: a run of requests for one
+        // operation of one seller (the common case) counts without the lock and the hash.
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(RequestLabels, Counter)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let same = |a: &RequestLabels, b: &RequestLabels| {
+            Arc::ptr_eq(&a.seller, &b.seller)
+                && std::ptr::eq(a.api, b.api)
+                && std::ptr::eq(a.operation, b.operation)
+                && std::ptr::eq(a.status, b.status)
+        };
+        let hit = LAST.with(|last| match &*last.borrow() {
+            Some((l, counter)) if same(l, &labels) => {
+                counter.inc();
+                true
+            }
+            _ => false,
+        });
+        if hit {
             return;
         }
-        let counter = self.requests.get_or_create(&labels).clone();
+        let counter = {
+            let mut seen = self.requests_seen.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(&labels) {
+                Some(counter) => counter.clone(),
+                None => {
+                    let counter = self.requests.get_or_create(&labels).clone();
+                    seen.insert(labels.clone(), counter.clone());
+                    counter
+                }
+            }
+        };
         counter.inc();
-        seen.insert(labels, counter);
+        LAST.with(|last| *last.borrow_mut() = Some((labels, counter)));
     }
 
     /// Records the wait for quota.

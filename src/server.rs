@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::body::{BoxError, ProxyBody};
@@ -109,7 +109,9 @@ pub async fn serve(
     });
     let settings = Arc::new(settings);
     let registry = Arc::new(Registry::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // One sweeper closes the connections whose header_read or client_idle passed, instead of a
+    // timer in every connection's task that the task polls on every wake-up.
+    tokio::spawn(sweep(Arc::downgrade(&registry), Arc::clone(&settings)));
     // Each connection task holds a sender; when all are gone, every connection has ended.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -135,10 +137,8 @@ pub async fn serve(
                     stream,
                     Arc::clone(&proxy),
                     Arc::clone(&builder),
-                    Arc::clone(&settings),
                     conn,
                     Arc::clone(&registry),
-                    stop_rx.clone(),
                     done_tx.clone(),
                 ));
             }
@@ -150,7 +150,7 @@ pub async fn serve(
         grace = ?settings.grace,
         "shutting down: no new connections; finishing in-flight requests"
     );
-    let _ = stop_tx.send(true);
+    registry.stop_all();
     drop(done_tx);
     tokio::select! {
         _ = done_rx.recv() => tracing::info!("all connections closed"),
@@ -166,10 +166,8 @@ async fn serve_connection(
     stream: TcpStream,
     proxy: Arc<Proxy>,
     builder: Arc<Http>,
-    settings: Arc<ServerSettings>,
     state: Arc<ConnState>,
     registry: Arc<Registry>,
-    stop: watch::Receiver<bool>,
     _done: mpsc::Sender<()>,
 ) {
     let io = TokioIo::new(Watched {
@@ -194,8 +192,8 @@ async fn serve_connection(
         }
     });
     match &*builder {
-        Http::One(b) => drive(b.serve_connection(io, service), &state, &settings, stop).await,
-        Http::Auto(b) => drive(b.serve_connection(io, service), &state, &settings, stop).await,
+        Http::One(b) => drive(b.serve_connection(io, service), &state).await,
+        Http::Auto(b) => drive(b.serve_connection(io, service), &state).await,
     }
     registry.remove(state.id);
 }
@@ -245,52 +243,55 @@ where
     }
 }
 
-/// Runs one connection to its end: closes it when `header_read` or `client_idle` pass, when
-/// the cap needs its place, or gracefully on shutdown.
-async fn drive<C: Graceful>(
-    conn: C,
-    state: &ConnState,
-    settings: &ServerSettings,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Runs one connection to its end: closes it when told to (its header_read or client_idle
+/// passed, or the cap needs its place), or gracefully on shutdown. The task waits on the
+/// connection and one notice: on a wake-up for the connection (every request) only the notice's
+/// flag is looked at, where a timer, a shed notice and a stop channel were polled before.
+async fn drive<C: Graceful>(conn: C, state: &ConnState) {
     let mut conn = std::pin::pin!(conn);
-    let mut stopping = *stop.borrow();
-    if stopping {
-        conn.as_mut().graceful();
-    }
-    // One timer, one shed notice and one stop notice for the connection's life, made once: a
-    // deadline that moves later (every request moves it) only updates the timer in place.
-    // Nothing wakes the watchdog when a request finishes or bytes arrive (that would cost
-    // every request a wake-up): finishing only moves the deadline later (`finished +
-    // client_idle` is after any deadline armed before it), so the timer firing at the old one
-    // looks again and re-arms; see `next_look` for a head that starts between requests.
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(state.deadline(settings)));
-    let mut shed = std::pin::pin!(state.shed.notified());
-    let mut stopped = std::pin::pin!(stop.changed());
+    let mut stopping = false;
+    let mut close = std::pin::pin!(state.close.notified());
     loop {
+        if !stopping && state.why.load(Ordering::Acquire) == STOP {
+            // Shutdown: finish what is in flight (told before this connection started, too).
+            stopping = true;
+            conn.as_mut().graceful();
+        }
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 break;
             }
-            () = sleep.as_mut(), if !stopping => {
-                if state.expired(settings) {
-                    tracing::debug!("closing a client connection: header_read or client_idle passed");
+            () = close.as_mut() => {
+                if state.why.load(Ordering::Acquire) == CLOSE && !stopping {
+                    tracing::debug!("closing a client connection: header_read or client_idle passed, or its place was needed");
                     break;
                 }
-                sleep.as_mut().reset(state.next_look(settings));
+                close.set(state.close.notified());
             }
-            () = shed.as_mut(), if !stopping => {
-                tracing::debug!("closing an idle client connection to make room");
-                break;
-            }
-            changed = stopped.as_mut(), if !stopping => {
-                // The sender is gone or said stop: either way, finish what is in flight.
-                let _ = changed;
-                stopping = true;
-                conn.as_mut().graceful();
+        }
+    }
+}
+
+/// Closes the connections whose time is up, every `tick` (a tenth of the shorter of
+/// header_read and client_idle, between 20 and 250 ms: timeouts fire that much late at most).
+/// Ends with the server.
+async fn sweep(registry: std::sync::Weak<Registry>, settings: Arc<ServerSettings>) {
+    let tick = (settings.header_read.min(settings.client_idle) / 10)
+        .clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        for c in registry.lock().values() {
+            if c.why.load(Ordering::Acquire) == NONE && c.expired(&settings) {
+                c.tell(CLOSE);
             }
         }
     }
@@ -321,6 +322,13 @@ impl Registry {
         }
     }
 
+    /// Shutdown: every connection finishes what is in flight, then closes.
+    fn stop_all(&self) {
+        for c in self.lock().values() {
+            c.tell(STOP);
+        }
+    }
+
     /// Below the cap, or an idle connection was told to close (the idlest, and not one
     /// already told): the newcomer may be served.
     fn make_room(&self, max: usize) -> bool {
@@ -340,7 +348,7 @@ impl Registry {
         match idlest {
             Some(c) => {
                 c.shedding.store(1, Ordering::Relaxed);
-                c.shed.notify_one();
+                c.tell(CLOSE);
                 true
             }
             None => false,
@@ -361,8 +369,17 @@ struct ConnState {
     /// no head under way).
     head_started: AtomicU64,
     shedding: AtomicU64,
-    shed: Notify,
+    /// What the connection was told: [`NONE`], [`CLOSE`] or [`STOP`]; `close` wakes it.
+    why: AtomicU8,
+    close: Notify,
 }
+
+/// Nothing to do.
+const NONE: u8 = 0;
+/// Close now: header_read or client_idle passed, or the cap needs the place.
+const CLOSE: u8 = 1;
+/// Shutdown: finish what is in flight, then close.
+const STOP: u8 = 2;
 
 impl ConnState {
     fn new(id: u64) -> ConnState {
@@ -374,7 +391,20 @@ impl ConnState {
             last_active: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             shedding: AtomicU64::new(0),
-            shed: Notify::new(),
+            why: AtomicU8::new(NONE),
+            close: Notify::new(),
+        }
+    }
+
+    /// Tells the connection `why` (a first word only: STOP does not undo CLOSE, and the other
+    /// way round) and wakes it.
+    fn tell(&self, why: u8) {
+        if self
+            .why
+            .compare_exchange(NONE, why, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close.notify_one();
         }
     }
 
@@ -407,7 +437,7 @@ impl ConnState {
     }
 
     /// When the connection's time is up, if nothing happens before (busy: a time to check
-    /// again). The watchdog arms its timer with `next_look`, which may be earlier.
+    /// again). The sweeper compares it with the time on every tick.
     fn deadline(&self, s: &ServerSettings) -> Instant {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let at = if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -424,23 +454,6 @@ impl ConnState {
             }
         };
         self.epoch + Duration::from_millis(at)
-    }
-
-    /// When the watchdog looks next: the deadline, but between requests no later than
-    /// `header_read` from now. A head that starts then has `header_read` from its first byte,
-    /// which is after that look, so the look finds and arms it on time.
-    fn next_look(&self, s: &ServerSettings) -> Instant {
-        let deadline = self.deadline(s);
-        let between_requests = self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_started.load(Ordering::Relaxed) == 0
-            && self.requests.load(Ordering::Relaxed) > 0;
-        if between_requests {
-            // A floor, so that a tiny `header_read` cannot make the watchdog spin.
-            let every = s.header_read.max(Duration::from_millis(100));
-            deadline.min(Instant::now() + every)
-        } else {
-            deadline
-        }
     }
 
     /// Whether the connection has had its time: no request in flight, and past its deadline.
@@ -616,32 +629,35 @@ mod tests {
         assert!(c.expired(&s));
     }
 
+    /// The sweeper tells each connection when its time is up, within a tick (here 250 ms:
+    /// header_read 10 s, client_idle 60 s), and never a busy one; shutdown tells them all.
     #[tokio::test(start_paused = true)]
-    async fn between_requests_the_watchdog_looks_within_header_read() {
-        let c = ConnState::new(1);
-        let s = settings();
-        c.request_started();
-        c.request_finished();
-        let finished = Instant::now();
-        assert_eq!(c.deadline(&s), finished + Duration::from_secs(60));
-        assert_eq!(c.next_look(&s), finished + Duration::from_secs(10));
-        tokio::time::advance(Duration::from_secs(25)).await;
-        assert_eq!(c.next_look(&s), finished + Duration::from_secs(35));
-        // A head starts: from here the look is its own deadline.
-        c.bytes_read();
-        let started = Instant::now();
-        assert_eq!(c.next_look(&s), started + Duration::from_secs(10));
-        // Near the idle deadline, that one is the earlier.
-        let c = ConnState::new(2);
-        c.request_started();
-        c.request_finished();
-        tokio::time::advance(Duration::from_secs(55)).await;
-        assert_eq!(c.next_look(&s), c.deadline(&s));
-        // Busy, or before the first request: the deadline itself.
-        c.request_started();
-        assert_eq!(c.next_look(&s), c.deadline(&s));
-        let fresh = ConnState::new(3);
-        assert_eq!(fresh.next_look(&s), fresh.deadline(&s));
+    async fn the_sweeper_closes_what_expired_within_a_tick() {
+        let r = Arc::new(Registry::default());
+        let s = Arc::new(settings());
+        let silent = r.add();
+        let busy = r.add();
+        busy.request_started();
+        let idle = r.add();
+        idle.request_started();
+        idle.request_finished();
+        tokio::spawn(sweep(Arc::downgrade(&r), Arc::clone(&s)));
+        let why = |c: &ConnState| c.why.load(Ordering::Acquire);
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert_eq!(why(&silent), NONE, "header_read is 10 s");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(why(&silent), CLOSE);
+        // A head started between requests gets header_read from its first byte.
+        idle.bytes_read();
+        tokio::time::sleep(Duration::from_millis(9_700)).await;
+        assert_eq!(why(&idle), NONE);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(why(&idle), CLOSE);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(why(&busy), NONE, "a request in flight is never cut");
+        r.stop_all();
+        assert_eq!(why(&busy), STOP);
+        assert_eq!(why(&silent), CLOSE, "a close already told stands");
     }
 
     #[test]

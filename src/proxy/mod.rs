@@ -268,11 +268,13 @@ impl Proxy {
         let result = match self.admit(&state, &req, path, &mut cors_origin) {
             Err(e) => Err(e),
             Ok(Admitted::Preflight(preflight)) => Ok(preflight),
+            // Boxed: the request path's future holds room for every branch's state, and it is
+            // moved whole; the own endpoints' large states stay out of it.
             Ok(Admitted::Key(key)) if own && documents::handles(path) => {
-                self.documents(&state, req, key).instrument(span).await
+                Box::pin(self.documents(&state, req, key).instrument(span)).await
             }
             Ok(Admitted::Key(key)) if own => {
-                self.own_endpoint(&state, &req, key).instrument(span).await
+                Box::pin(self.own_endpoint(&state, &req, key).instrument(span)).await
             }
             Ok(Admitted::Key(key)) => match prefixed {
                 Some(Err(e)) => Err(e),
@@ -324,24 +326,46 @@ impl Proxy {
                 status: metrics::status_class(status),
             });
         }
-        tracing::info!(
-            // A `str`, not a format string: recorded without the formatting machinery.
-            message = "request",
-            method = method.as_str(),
-            path = &*logged_path,
-            seller = facts.seller.as_deref().unwrap_or("-"),
-            op = op.map_or("-", |o| o.id.as_str()),
+        let sink = crate::logging::request_sink();
+        if sink == crate::logging::RequestSink::Off {
+            return response;
+        }
+        let line = crate::logging::RequestLine {
+            method: method.as_str(),
+            path: &logged_path,
+            seller: facts.seller.as_deref().unwrap_or("-"),
+            op: op.map_or("-", |o| o.id.as_str()),
             status,
-            latency_ms = started.elapsed().as_millis() as u64,
-            queue_ms = facts.queued.as_millis() as u64,
-            token = facts.token,
-            pii = facts.pii.map_or("-", |p| p.header_value()),
-            request_id = response
+            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            queue_ms: u64::try_from(facts.queued.as_millis()).unwrap_or(u64::MAX),
+            token: facts.token,
+            pii: facts.pii.map_or("-", |p| p.header_value()),
+            request_id: response
                 .headers()
                 .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-        );
+        };
+        // Written directly when the proxy's own subscriber is installed and this line is all
+        // there is to write (info, not debug); through tracing otherwise. Same line either way.
+        if let crate::logging::RequestSink::Direct(format) = sink {
+            crate::logging::write_request(format, &line);
+        } else {
+            tracing::info!(
+                // A `str`, not a format string: recorded without the formatting machinery.
+                message = "request",
+                method = line.method,
+                path = line.path,
+                seller = line.seller,
+                op = line.op,
+                status = line.status,
+                latency_ms = line.latency_ms,
+                queue_ms = line.queue_ms,
+                token = line.token,
+                pii = line.pii,
+                request_id = line.request_id,
+            );
+        }
         response
     }
 
