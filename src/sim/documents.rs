@@ -475,25 +475,18 @@ impl Documents {
                 "You must provide the Content-Length HTTP header.",
             );
         }
-        let mut body = req.into_body();
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Some(d) = f.data_ref() {
-                        total += d.len() as u64;
-                        hasher.update(d);
-                    }
-                }
-                Err(_) => return s3_error(400, "IncompleteBody", "You did not provide the number of bytes specified by the Content-Length HTTP header."),
-            }
-        }
+        let Some((sha256, total)) = super::hash_body(req.into_body()).await else {
+            return s3_error(
+                400,
+                "IncompleteBody",
+                "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+            );
+        };
         let upload = Upload {
             feed_document_id: key.clone(),
             content_type: expected,
             bytes: total,
-            sha256: hex(&hasher.finalize()),
+            sha256,
         };
         if let Some(entry) = lock(&self.feed_documents).get_mut(&key) {
             entry.1 = Some(upload);

@@ -536,6 +536,22 @@ fn pseudo_random(n: u64) -> u64 {
     (n ^ nanos).wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
+/// A request body read to its end: its SHA-256 (hex) and length; `None` if it broke off.
+async fn hash_body(mut body: Incoming) -> Option<(String, u64)> {
+    use http_body_util::BodyExt as _;
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Some(d) = frame.data_ref() {
+            total += d.len() as u64;
+            hasher.update(d);
+        }
+    }
+    Some((hex(&hasher.finalize()), total))
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

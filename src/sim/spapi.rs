@@ -7,15 +7,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::buckets::{admit, current_rate};
 use super::documents;
 use super::fixtures::{json_response, AmazonAnswer};
-use super::{
-    hex, lock, pattern_byte, pseudo_random, tokens, Recorded, State, TokenKind, MAX_RECORDED,
-};
+use super::{lock, pattern_byte, pseudo_random, tokens, Recorded, State, TokenKind, MAX_RECORDED};
 use crate::body::ProxyBody;
 use crate::operations::{Catalog, Operation};
 
@@ -399,24 +396,10 @@ async fn route(
             resp
         }
         (&Method::POST | &Method::PUT, ["_sim", "sha256"]) => {
-            let mut body = req.into_body();
-            let mut hasher = Sha256::new();
-            let mut total = 0u64;
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => {
-                        if let Some(d) = f.data_ref() {
-                            total += d.len() as u64;
-                            hasher.update(d);
-                        }
-                    }
-                    Err(_) => return AmazonAnswer::InvalidInput.response(),
-                }
-            }
-            json_response(
-                200,
-                json!({"sha256": hex(&hasher.finalize()), "bytes": total}),
-            )
+            let Some((sha256, total)) = super::hash_body(req.into_body()).await else {
+                return AmazonAnswer::InvalidInput.response();
+            };
+            json_response(200, json!({"sha256": sha256, "bytes": total}))
         }
         _ => {
             authorize!(Need::SellerToken);

@@ -319,6 +319,23 @@ async fn a_token_refresh_fetches_new_tokens_now() {
 }
 
 /// chromedriver on a free loopback port, or `None` (with the reason) where it is not installed.
+/// A headless chromium session through the chromedriver at `webdriver`.
+pub(crate) async fn headless_chromium(webdriver: &str) -> fantoccini::Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    // The WebDriver link is plain HTTP, but its client wants a TLS provider chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    fantoccini::ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(webdriver)
+        .await
+        .expect("a chromium session")
+}
+
 pub(crate) async fn chromedriver() -> Result<(tokio::process::Child, String), String> {
     use tokio::io::AsyncBufReadExt as _;
     let binary = ["chromedriver", "/usr/lib/chromium/chromedriver"]
@@ -354,7 +371,7 @@ pub(crate) async fn chromedriver() -> Result<(tokio::process::Child, String), St
 
 #[tokio::test]
 async fn the_status_page_in_a_headless_browser() {
-    use fantoccini::{ClientBuilder, Locator};
+    use fantoccini::Locator;
     let (_driver, webdriver) = match chromedriver().await {
         Ok(d) => d,
         Err(why) => {
@@ -381,19 +398,7 @@ async fn the_status_page_in_a_headless_browser() {
             }
         })
     };
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
-    );
-    // The WebDriver link is plain HTTP, but its client wants a TLS provider chosen.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let browser = ClientBuilder::rustls()
-        .unwrap()
-        .capabilities(caps)
-        .connect(&webdriver)
-        .await
-        .expect("a chromium session");
+    let browser = headless_chromium(&webdriver).await;
     browser.goto(&h.url("/_proxy/")).await.unwrap();
     assert_eq!(browser.title().await.unwrap(), "spapi-proxy status");
 

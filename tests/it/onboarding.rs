@@ -116,7 +116,7 @@ pub(crate) async fn consent(h: &Harness, seller: &str, key: Option<&str>) -> Str
 /// consent page back to the callback; the new seller then serves getOrders without a restart.
 #[tokio::test]
 async fn a_seller_onboarded_in_a_browser_serves_requests_at_once() {
-    use fantoccini::{ClientBuilder, Locator};
+    use fantoccini::Locator;
     let (_driver, webdriver) = match crate::observe::chromedriver().await {
         Ok(d) => d,
         Err(why) => {
@@ -125,18 +125,7 @@ async fn a_seller_onboarded_in_a_browser_serves_requests_at_once() {
         }
     };
     let (h, sellers_file) = onboarding_harness("browser", false).await;
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
-    );
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let browser = ClientBuilder::rustls()
-        .unwrap()
-        .capabilities(caps)
-        .connect(&webdriver)
-        .await
-        .expect("a chromium session");
+    let browser = crate::observe::headless_chromium(&webdriver).await;
     browser
         .goto(&h.url("/_proxy/oauth/start?seller=newco&region=na"))
         .await
