@@ -333,7 +333,8 @@ async fn the_demo_prints_a_config_a_user_can_serve() {
     let printed = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut text = String::new();
-        for line in std::io::BufReader::new(stdout).lines() {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             let line = line.unwrap();
             text.push_str(&line);
             text.push('\n');
@@ -341,6 +342,9 @@ async fn the_demo_prints_a_config_a_user_can_serve() {
                 break;
             }
         }
+        // Keep reading what the demo prints after: a closed pipe would end it (a write to it
+        // fails, and `println!` panics), and with it the simulator this test uses.
+        std::thread::spawn(move || for _ in lines {});
         text
     })
     .await
