@@ -194,6 +194,10 @@ where
                 return Poll::Ready(None);
             }
             if !this.pending.is_empty() {
+                if this.gunzip.is_none() && this.decode.is_none() {
+                    // Nothing to do to the bytes: the chunk goes on as it came, uncopied.
+                    return Poll::Ready(Some(Ok(std::mem::take(&mut this.pending))));
+                }
                 let piece = this.pending.split_to(this.pending.len().min(STEP));
                 match this.step(&piece, false) {
                     Err(e) => {

@@ -58,22 +58,24 @@ impl Drop for RssWatch {
     }
 }
 
-fn pattern_chunks() -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::iter((0..SIZE.div_ceil(CHUNK)).map(|i| {
+/// `size` bytes of the simulator's pattern, in chunks.
+fn pattern_chunks(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::iter((0..size.div_ceil(CHUNK)).map(move |i| {
         let start = i * CHUNK;
-        let end = (start + CHUNK).min(SIZE);
+        let end = (start + CHUNK).min(size);
         Ok(Bytes::from(
             (start..end).map(pattern_byte).collect::<Vec<u8>>(),
         ))
     }))
 }
 
-fn expected_sha() -> String {
+/// The SHA-256 of the pattern's first `size` bytes.
+fn expected_sha(size: u64) -> String {
     let mut h = Sha256::new();
     let mut buf = Vec::with_capacity(CHUNK as usize);
     let mut start = 0;
-    while start < SIZE {
-        let end = (start + CHUNK).min(SIZE);
+    while start < size {
+        let end = (start + CHUNK).min(size);
         buf.clear();
         buf.extend((start..end).map(pattern_byte));
         h.update(&buf);
@@ -82,11 +84,29 @@ fn expected_sha() -> String {
     hex(&h.finalize())
 }
 
+/// Reads a response to its end: its SHA-256, its length, and when its first byte came.
+async fn read_through(
+    resp: reqwest::Response,
+    started: Instant,
+) -> (String, u64, Option<std::time::Duration>) {
+    let mut stream = resp.bytes_stream();
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut first_byte = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        first_byte.get_or_insert_with(|| started.elapsed());
+        total += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (hex(&hasher.finalize()), total, first_byte)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_mib_bodies_stream_through_intact_with_flat_memory() {
     let _one = ONE_AT_A_TIME.lock().await;
     let h = Harness::start().await;
-    let want = expected_sha();
+    let want = expected_sha(SIZE);
     // Warm up: the token, the connection pools, the allocator's arenas.
     assert_eq!(h.get("/_sim/bytes?size=1048576").await.status(), 200);
     let baseline = rss_bytes();
@@ -97,7 +117,7 @@ async fn hundred_mib_bodies_stream_through_intact_with_flat_memory() {
     let resp = h
         .client
         .put(h.url("/_sim/sha256"))
-        .body(reqwest::Body::wrap_stream(pattern_chunks()))
+        .body(reqwest::Body::wrap_stream(pattern_chunks(SIZE)))
         .send()
         .await
         .unwrap();
@@ -112,19 +132,10 @@ async fn hundred_mib_bodies_stream_through_intact_with_flat_memory() {
     let resp = h.get(&format!("/_sim/bytes?size={SIZE}")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.content_length(), Some(SIZE));
-    let mut stream = resp.bytes_stream();
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    let mut first_byte = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        first_byte.get_or_insert_with(|| started.elapsed());
-        total += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
+    let (sha, total, first_byte) = read_through(resp, started).await;
     let download = started.elapsed();
     assert_eq!(total, SIZE);
-    assert_eq!(hex(&hasher.finalize()), want);
+    assert_eq!(sha, want);
 
     let peak = watch.peak();
     let growth = peak.saturating_sub(baseline);
@@ -200,20 +211,11 @@ async fn a_200_mib_gzip_report_streams_through_decompressed_with_flat_memory() {
         .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-spapi-document-compression"], "GZIP");
-    let mut stream = resp.bytes_stream();
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    let mut first_byte = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        first_byte.get_or_insert_with(|| started.elapsed());
-        total += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
+    let (sha, total, first_byte) = read_through(resp, started).await;
     let whole = started.elapsed();
     let first_byte = first_byte.unwrap();
     assert_eq!(total, (BIG_REPORT_BLOCKS as u64) << 20);
-    assert_eq!(hex(&hasher.finalize()), want);
+    assert_eq!(sha, want);
     let growth = watch.peak().saturating_sub(baseline);
     eprintln!(
         "report document: 200 MiB decompressed in {whole:?}; first byte after {first_byte:?} \
@@ -239,23 +241,7 @@ async fn a_50_mib_feed_streams_up_with_flat_memory() {
     const FEED: u64 = 50 * 1024 * 1024;
     let _one = ONE_AT_A_TIME.lock().await;
     let h = Harness::start().await;
-    let chunks = || {
-        futures_util::stream::iter((0..FEED.div_ceil(CHUNK)).map(|i| {
-            let start = i * CHUNK;
-            let end = (start + CHUNK).min(FEED);
-            Ok::<_, std::io::Error>(Bytes::from(
-                (start..end).map(pattern_byte).collect::<Vec<u8>>(),
-            ))
-        }))
-    };
-    let mut want = Sha256::new();
-    let mut start = 0;
-    while start < FEED {
-        let end = (start + CHUNK).min(FEED);
-        want.update((start..end).map(pattern_byte).collect::<Vec<u8>>());
-        start = end;
-    }
-    let want = hex(&want.finalize());
+    let want = expected_sha(FEED);
     let url =
         h.url("/_proxy/feeds?feedType=POST_FLAT_FILE_LISTINGS_DATA&marketplaceIds=ATVPDKIKX0DER");
     // Warm up with a small feed.
@@ -277,7 +263,7 @@ async fn a_50_mib_feed_streams_up_with_flat_memory() {
         .post(&url)
         .header("content-type", "text/tab-separated-values; charset=UTF-8")
         .header("content-length", FEED)
-        .body(reqwest::Body::wrap_stream(chunks()))
+        .body(reqwest::Body::wrap_stream(pattern_chunks(FEED)))
         .send()
         .await
         .unwrap();

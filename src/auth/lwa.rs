@@ -188,15 +188,7 @@ impl LwaClient {
         secret: &Secret,
         timeout: Duration,
     ) -> Result<FreshToken, TokenError> {
-        let form = self.form(grant, secret);
-        let request = self
-            .http
-            .post(self.token_url.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded;charset=UTF-8",
-            )
-            .body(form);
+        let request = self.token_request(self.form(grant, secret));
         let kind = match grant {
             Grant::RefreshToken(_) => "lwa",
             Grant::ClientCredentials { .. } => "grantless",
@@ -235,14 +227,7 @@ impl LwaClient {
                 .append_pair("client_id", &self.client_id)
                 .append_pair("client_secret", secret.expose())
                 .finish();
-            let request = self
-                .http
-                .post(self.token_url.clone())
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded;charset=UTF-8",
-                )
-                .body(form);
+            let request = self.token_request(form);
             crate::metrics::metrics()
                 .lwa_calls
                 .get_or_create(&crate::metrics::KindLabels {
@@ -273,6 +258,17 @@ impl LwaClient {
             }
         }
         last.unwrap_or_else(|| Err(TokenError::NotConfigured("no client secret".into())))
+    }
+
+    /// A POST of `form` to the token endpoint, as the docs show it.
+    fn token_request(&self, form: String) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.token_url.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded;charset=UTF-8",
+            )
+            .body(form)
     }
 
     /// The documented form body; `refresh_token` and `scope` are never sent together.

@@ -259,7 +259,8 @@ impl Bucket {
                 bucket: Arc::clone(&self.stored),
                 slot: Some(slot),
             };
-            let at = now + Duration::from_secs_f64(slot.wait);
+            // The store's figure (Redis's, with shared state) is input: converted checked.
+            let at = now + Duration::try_from_secs_f64(slot.wait).unwrap_or(max_wait);
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {
                     held.used();

@@ -133,13 +133,14 @@ impl Proxy {
                 problem: "this proxy was not started from a config it can read again".into(),
             });
         };
-        let config = source()?;
+        // A config read again: the sellers kept in Redis join it here (onboarding hands
+        // `apply` a config that has them already).
+        let config = super::with_shared_sellers(source()?);
         self.apply(config)
     }
 
     /// Applies a new, valid config (what [`Proxy::reload`] does after reading it).
     pub fn apply(&self, config: Config) -> Result<String, ConfigError> {
-        let config = super::with_shared_sellers(config);
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         config.check_exposure()?;
         let old = self.state.load_full();

@@ -491,6 +491,8 @@ impl Documents {
         if let Some(entry) = lock(&self.feed_documents).get_mut(&key) {
             entry.1 = Some(upload);
         }
+        // PutObject's success: 200 with an empty body (Amazon S3 API reference, PutObject; the
+        // ETag it also sends is left out, as the proxy does not read it).
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = StatusCode::OK;
         resp

@@ -73,24 +73,37 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Pr
         "client_credentials" => return lwa_error(400, "invalid_scope"),
         _ => return lwa_error(400, "invalid_request"),
     };
+    let seller = matches!(kind, TokenKind::Seller).then(|| field("refresh_token").to_string());
+    // The documented answer ("Connect to the SP-API"; developer guide, Step 1).
+    token_answer(state, kind, seller, lifetime, field("refresh_token"))
+}
+
+/// Issues an access token (for `seller`'s refresh token, if any) and answers it, with
+/// `refresh_token`, as LWA does.
+fn token_answer(
+    state: &State,
+    kind: TokenKind,
+    seller: Option<String>,
+    lifetime: std::time::Duration,
+    refresh_token: &str,
+) -> Response<ProxyBody> {
     let n = state.counter.fetch_add(1, Ordering::SeqCst);
     let token = format!("Atza|sim-{n}-{:x}", pseudo_random(n));
     lock(&state.tokens).insert(
         token.clone(),
         IssuedToken {
             expires_at: Instant::now() + lifetime,
-            seller: matches!(kind, TokenKind::Seller).then(|| field("refresh_token").to_string()),
+            seller,
             kind,
         },
     );
-    // The documented answer ("Connect to the SP-API"; developer guide, Step 1).
     json_response(
         200,
         json!({
             "access_token": token,
             "token_type": "bearer",
             "expires_in": lifetime.as_secs(),
-            "refresh_token": field("refresh_token"),
+            "refresh_token": refresh_token,
         }),
     )
 }
@@ -118,23 +131,12 @@ fn authorization_code(
     lock(&state.settings)
         .refresh_tokens
         .insert(refresh_token.clone());
-    let token = format!("Atza|sim-{n}-{:x}", pseudo_random(n + 1));
-    lock(&state.tokens).insert(
-        token.clone(),
-        IssuedToken {
-            expires_at: Instant::now() + lifetime,
-            seller: Some(refresh_token.clone()),
-            kind: TokenKind::Seller,
-        },
-    );
     // Step 4 of the website workflow: the access token and the refresh token.
-    json_response(
-        200,
-        json!({
-            "access_token": token,
-            "token_type": "bearer",
-            "expires_in": lifetime.as_secs(),
-            "refresh_token": refresh_token,
-        }),
+    token_answer(
+        state,
+        TokenKind::Seller,
+        Some(refresh_token.clone()),
+        lifetime,
+        &refresh_token,
     )
 }

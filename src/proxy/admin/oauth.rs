@@ -18,7 +18,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::time::Instant;
 
 use super::{json_response, Viewer};
-use crate::body::{full, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::stored::{self, StoredSeller};
 use crate::config::{Config, Region, SellerConfig};
 use crate::error::ProxyError;
@@ -115,29 +115,12 @@ fn html(status: StatusCode, title: &str, text: &str) -> Response<ProxyBody> {
         crate::status_page::esc(text),
         t = crate::status_page::esc(title)
     );
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        http::header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        crate::error::PROXY_ERROR_HEADER,
-        HeaderValue::from_static(if status.is_success() { "none" } else { "oauth" }),
-    );
-    if status.is_success() {
-        h.remove(crate::error::PROXY_ERROR_HEADER);
+    let mut resp = super::html_response(status, body);
+    if !status.is_success() {
+        resp.headers_mut().insert(
+            crate::error::PROXY_ERROR_HEADER,
+            HeaderValue::from_static("oauth"),
+        );
     }
     resp
 }

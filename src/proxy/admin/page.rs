@@ -3,7 +3,7 @@
 use http::Response;
 
 use super::Viewer;
-use crate::body::{full, ProxyBody};
+use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::proxy::{Proxy, State};
 
@@ -18,22 +18,5 @@ pub(super) fn answer(
         proxy.shared_view(),
         viewer,
     ));
-    let mut resp = Response::new(full(html));
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // Everything is inline; nothing else may load, and no other site may frame it.
-    h.insert(
-        http::header::CONTENT_SECURITY_POLICY,
-        http::HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    Ok(resp)
+    Ok(super::html_response(http::StatusCode::OK, html))
 }
