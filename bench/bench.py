@@ -26,6 +26,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("SPAPI_BENCH_BIN") or os.path.join(ROOT, "target", "release", "spapi-proxy")
+# examples/hyper_floor.rs: a minimal hyper proxy doing the same header work, the floor.
+FLOOR_BIN = os.environ.get("SPAPI_BENCH_FLOOR_BIN") or os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
 ORDERS = "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER"
 ADDRESS = "/orders/v0/orders/902-3159896-1390916/address"
 BODY = '{"payload":{"Orders":[{"AmazonOrderId":"902-3159896-1390916","OrderStatus":"Unshipped"}],"CreatedBefore":"2026-11-23T12:00:00Z"}}'
@@ -262,6 +264,15 @@ http {{
 
         return self.instructions(start, self.proxy_port, path)
 
+    def floor_instructions(self, path):
+        def start(under):
+            env, _ = self.proxy_env()
+            p = self.spawn(list(under) + [FLOOR_BIN], "hyper-floor", env=env)
+            wait_http(f"http://127.0.0.1:{self.proxy_port}/_proxy/ready", timeout=120)
+            return p
+
+        return self.instructions(start, self.proxy_port, path)
+
     def nginx_instructions(self, path):
         return self.instructions(lambda under: self.start_nginx_proxy(under=under), self.nginx_port, path)
 
@@ -371,9 +382,11 @@ def main():
             warn_ir = b.proxy_instructions(ORDERS, log="warn")
             proxy_ir = b.proxy_instructions(ORDERS)
             nginx_ir = b.nginx_instructions(ORDERS)
+            floor_ir = b.floor_instructions(ORDERS)
             report.append(
                 f"\ninstructions per request (callgrind, {args.requests} keep-alive requests after {args.warmup}):\n"
                 f"  nginx proxy_pass                {nginx_ir:>9,.0f}\n"
+                f"  hyper floor (examples/)        {floor_ir:>9,.0f}   ({floor_ir / nginx_ir:.2f}x nginx)\n"
                 f"  spapi-proxy (default log level) {proxy_ir:>9,.0f}   ({proxy_ir / nginx_ir:.2f}x nginx)\n"
                 f"  spapi-proxy, RUST_LOG=warn      {warn_ir:>9,.0f}   ({warn_ir / nginx_ir:.2f}x nginx)"
             )
