@@ -175,14 +175,10 @@ impl TokenCache {
 
     /// A token that is valid now; fetches one only when there is none.
     pub async fn get(&self) -> Result<Token, TokenError> {
-        let seen_generation = {
-            let state = self.lock_state();
-            if let Some(token) = self.usable(&state) {
-                crate::metrics::metrics().cache_hit(self.inner.kind);
-                return Ok(token);
-            }
-            state.generation
-        };
+        if let Some(token) = self.cached() {
+            return Ok(token);
+        }
+        let seen_generation = self.lock_state().generation;
         let _fetching = self.inner.fetching.lock().await;
         {
             let state = self.lock_state();
@@ -196,6 +192,14 @@ impl TokenCache {
             }
         }
         self.fetch_and_store(Need::Usable).await
+    }
+
+    /// The cached token if it is usable now, without waiting (a refresh that is due starts
+    /// in the background).
+    pub fn cached(&self) -> Option<Token> {
+        let token = self.usable(&self.lock_state())?;
+        crate::metrics::metrics().cache_hit(self.inner.kind);
+        Some(token)
     }
 
     /// The cached token's age and time to refresh, if one is cached.

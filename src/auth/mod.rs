@@ -476,6 +476,15 @@ impl Auth {
         }
     }
 
+    /// The seller's token `plan` calls for, if it is cached and nothing stands in the way (see
+    /// [`SellerAuth::cached`]); `None`: ask [`Auth::token`].
+    pub fn cached(&self, seller: Option<&SellerAuth>, plan: &TokenPlan) -> Option<Chosen> {
+        match (plan, seller) {
+            (TokenPlan::Grantless { .. }, _) | (_, None) => None,
+            (_, Some(seller)) => seller.cached(plan),
+        }
+    }
+
     /// Amazon rejected `chosen`: forget it so the next request gets a new one.
     pub fn reject(&self, seller: Option<&SellerAuth>, chosen: &Chosen) {
         match (&chosen.source, seller) {

@@ -309,6 +309,17 @@ impl RdtCache {
         self.entry(resource).get().await
     }
 
+    /// The cached RDT for `resource`, if one is usable now (see [`TokenCache::cached`]).
+    pub fn cached(&self, resource: &RdtResource) -> Option<Token> {
+        let entry = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(resource)
+            .cloned()?;
+        entry.cached()
+    }
+
     /// Amazon rejected `used` for `resource`: forget it.
     pub fn invalidate(&self, resource: &RdtResource, used: &Token) {
         self.entry(resource).invalidate(used);

@@ -177,6 +177,41 @@ impl SellerAuth {
         })
     }
 
+    /// The token `plan` calls for, when it is at hand: cached, with no refusal learnt or
+    /// standing in the way. `None`: ask [`SellerAuth::token`], which may fetch or decide more.
+    pub fn cached(&self, plan: &TokenPlan) -> Option<Chosen> {
+        let (token, source, pii) = match plan {
+            TokenPlan::Lwa | TokenPlan::LwaNoPii => {
+                let pii = matches!(plan, TokenPlan::LwaNoPii).then_some(Pii::Omitted);
+                (self.token.cached(), TokenSource::Seller, pii)
+            }
+            TokenPlan::Rdt {
+                resource,
+                on_refusal,
+            } => {
+                if *on_refusal != OnRefusal::Fail
+                    && self.pii.refused(&resource.data_elements).is_some()
+                {
+                    return None;
+                }
+                (
+                    self.rdt.cached(resource),
+                    TokenSource::Rdt(Arc::clone(resource)),
+                    Some(Pii::Included),
+                )
+            }
+            _ => return None,
+        };
+        if lock(&self.refused).is_some() {
+            return None;
+        }
+        Some(Chosen {
+            token: token?,
+            source,
+            pii,
+        })
+    }
+
     /// An RDT for `resource`; if Amazon says the application has no role for its dataElements,
     /// what `on_refusal` says. A refusal is remembered so that it is not asked again for a while.
     async fn rdt_or_fallback(

@@ -1,7 +1,7 @@
 //! The request pipeline, read top to bottom, and the one place where errors become responses.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::access::{self, Access};
 use crate::auth::cache::Token;
 use crate::auth::seller::SellerAuth;
-use crate::auth::{self, Auth, TokenPlan};
+use crate::auth::{self, Auth, Chosen, TokenPlan};
 use crate::body::{full, ClientBody, ProxyBody};
 use crate::config::{Config, ConfigError, InboundKey, Region, UnknownOperations};
 use crate::error::ProxyError;
@@ -133,6 +133,10 @@ impl std::fmt::Debug for Proxy {
 
 /// What a request turned out to be, filled in as it goes, for its log line and its metrics.
 struct Facts {
+    /// When the request arrived.
+    started: Instant,
+    /// When the answer's head arrived (`None`: read the clock when the line is written).
+    answered: Option<Instant>,
     seller: Option<Arc<str>>,
     /// `lwa`, `rdt`, `grantless`, or `none` when no token was chosen.
     token: &'static str,
@@ -140,9 +144,11 @@ struct Facts {
     queued: Duration,
 }
 
-impl Default for Facts {
-    fn default() -> Self {
+impl Facts {
+    fn new(started: Instant) -> Self {
         Facts {
+            started,
+            answered: None,
             seller: None,
             token: "none",
             pii: None,
@@ -159,6 +165,36 @@ struct Ctx<'a> {
     /// Whose quota.
     key: Key,
     forwarder: &'a Forwarder,
+    /// Whether rate limiting is on (read once per request).
+    limiting: bool,
+}
+
+/// What sending a request again needs besides its body (see [`Proxy::settle`]).
+struct Again<'a> {
+    ctx: &'a Ctx<'a>,
+    auth: &'a Auth,
+    config: &'a Config,
+    parts: &'a http::request::Parts,
+    target: &'a PathAndQuery,
+    plan: &'a TokenPlan,
+    restricted: Option<bool>,
+    deadline: Instant,
+    path: &'a str,
+}
+
+/// Reads `upstream`'s body into memory if it is at most `limit` long (see
+/// [`Upstream::read_whole`]).
+async fn take_whole(upstream: &mut Upstream, limit: u64) -> Result<(), ProxyError> {
+    let taken = std::mem::replace(
+        upstream,
+        Upstream::Read {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        },
+    );
+    *upstream = taken.read_whole(limit).await?;
+    Ok(())
 }
 
 /// Hashes of unknown paths already logged, with the hasher's random keys.
@@ -264,7 +300,7 @@ impl Proxy {
             op = op.map_or("-", |o| o.id.as_str())
         );
         let mut cors_origin = None;
-        let mut facts = Facts::default();
+        let mut facts = Facts::new(started);
         let result = match self.admit(&state, &req, path, &mut cors_origin) {
             Err(e) => Err(e),
             Ok(Admitted::Preflight(preflight)) => Ok(preflight),
@@ -283,9 +319,14 @@ impl Proxy {
                         .and_then(Result::ok)
                         .map(|(name, _)| name.to_string());
                     let req = req.map(Inbound::Client);
-                    self.proxy(&state, req, op, seller, key, &mut facts)
-                        .instrument(span)
-                        .await
+                    let proxied = self.proxy(&state, req, op, seller, key, &mut facts);
+                    // Below debug the span is disabled: not wrapping the future saves moving
+                    // it into the wrapper.
+                    if span.is_disabled() {
+                        proxied.await
+                    } else {
+                        proxied.instrument(span).await
+                    }
                 }
             },
         };
@@ -330,13 +371,16 @@ impl Proxy {
         if sink == crate::logging::RequestSink::Off {
             return response;
         }
+        // The answer's arrival, read when it came, stands for the end: the rest is microseconds.
+        let ended = facts.answered.unwrap_or_else(Instant::now);
         let line = crate::logging::RequestLine {
             method: method.as_str(),
             path: &logged_path,
             seller: facts.seller.as_deref().unwrap_or("-"),
             op: op.map_or("-", |o| o.id.as_str()),
             status,
-            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            latency_ms: u64::try_from(ended.saturating_duration_since(started).as_millis())
+                .unwrap_or(u64::MAX),
             queue_ms: u64::try_from(facts.queued.as_millis()).unwrap_or(u64::MAX),
             token: facts.token,
             pii: facts.pii.map_or("-", |p| p.header_value()),
@@ -439,7 +483,7 @@ impl Proxy {
         let plan = state.plan(op, path, own.data_elements)?;
         let restricted = restricted_header(own.restricted)?;
         let max_wait = self.max_wait(config, own.max_wait)?;
-        let deadline = Instant::now() + max_wait;
+        let deadline = facts.started + max_wait;
 
         // 2. Whose request: the seller named by header or prefix (which must agree), else the
         //    default; a key limited to sellers acts only for them.
@@ -498,121 +542,77 @@ impl Proxy {
             seller: seller_auth,
             key: seller_auth.map_or_else(|| Key::application(region), |s| s.key.clone()),
             forwarder: &state.forwarders[region.index()],
+            limiting: self.limiter.enabled(),
         };
 
         // 5. Quota, first look: a full queue or a wait past max_wait is refused now, before
         //    any token call.
-        self.limiter.precheck(&ctx.key, op, max_wait)?;
+        if ctx.limiting {
+            self.limiter.precheck(&ctx.key, op, max_wait)?;
+        }
 
         // 6. The token (LWA, grantless or RDT), before queueing: a cold cache is filled now,
         //    not between our turn and the send. Amazon's bucket starts refilling when our
-        //    first request arrives, so that request must not be late.
+        //    first request arrives, so that request must not be late. The cached token is
+        //    taken without a future; fetching one is boxed (its state is large and rare).
         let auth = &state.auth;
-        let mut chosen = auth.token(ctx.seller, &plan, restricted).await?;
+        let mut chosen = match auth.cached(ctx.seller, &plan) {
+            Some(chosen) => chosen,
+            None => Box::pin(auth.token(ctx.seller, &plan, restricted)).await?,
+        };
         facts.token = chosen.source.kind();
 
         // 7. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
-        let mut queued = self
-            .limiter
-            .acquire(&ctx.key, op, remaining(deadline))
-            .await?;
-        facts.queued = queued;
-        if self.limiter.enabled() {
+        let mut queued = Duration::ZERO;
+        if ctx.limiting {
+            queued = Box::pin(self.limiter.acquire(&ctx.key, op, remaining(deadline))).await?;
+            facts.queued = queued;
             metrics::metrics().queued(op, queued);
-        }
-        if !queued.is_zero() {
-            // A long wait may have aged the token: ask again (a cache hit unless it was
-            // refreshed meanwhile).
-            chosen = auth.token(ctx.seller, &plan, restricted).await?;
+            if !queued.is_zero() {
+                // A long wait may have aged the token: ask again (a cache hit unless it was
+                // refreshed meanwhile).
+                chosen = Box::pin(auth.token(ctx.seller, &plan, restricted)).await?;
+            }
         }
 
         // 8. Forward.
-        let mut sent_at = Instant::now();
-        let mut upstream = self
+        let (mut upstream, sent) = self
             .send(&ctx, &parts, &target, &mut body, &chosen.token)
             .await?;
+        facts.answered = Some(sent.answered);
 
-        // 9. Amazon says the token expired or is invalid: drop it, get a new one, replay once
-        //    (if the body was held). A fresh token rejected too means the credentials
-        //    themselves are not accepted: /_proxy/ready says so.
-        if upstream.status() == StatusCode::FORBIDDEN {
-            upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
-            if upstream.says_token_rejected() {
-                auth.reject(ctx.seller, &chosen);
-                if body.replayable() {
-                    tracing::info!(path = &*crate::logging::capped(path), source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
-                    metrics::metrics()
-                        .replays
-                        .get_or_create(&ctx.labels())
-                        .inc();
-                    chosen = auth.token(ctx.seller, &plan, restricted).await?;
-                    queued += self
-                        .limiter
-                        .acquire(&ctx.key, op, remaining(deadline))
-                        .await?;
-                    sent_at = Instant::now();
-                    upstream = self
-                        .send(&ctx, &parts, &target, &mut body, &chosen.token)
-                        .await?;
-                    if upstream.status() == StatusCode::FORBIDDEN {
-                        upstream = upstream.read_whole(MAX_INSPECTED_403).await?;
-                        if upstream.says_token_rejected() {
-                            if let Some(s) = ctx.seller {
-                                s.rejected_fresh(&chosen, &upstream.text());
-                            }
-                        }
-                    }
-                }
-            }
+        // 9-11. Amazon rejected the token, throttled us, or listed report documents: each
+        //       needs the answer read or the request sent again (boxed: rare, and large).
+        let status = upstream.status();
+        if status == StatusCode::FORBIDDEN
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || (status.is_success() && op.is_some_and(lists_report_documents))
+        {
+            let again = Again {
+                ctx: &ctx,
+                auth,
+                config,
+                parts: &parts,
+                target: &target,
+                plan: &plan,
+                restricted,
+                deadline,
+                path,
+            };
+            Box::pin(self.settle(
+                again,
+                &mut body,
+                &mut upstream,
+                &mut chosen,
+                &mut queued,
+                sent.at,
+            ))
+            .await?;
+            facts.answered = None;
         }
         if upstream.status() != StatusCode::FORBIDDEN {
             if let Some(s) = ctx.seller {
                 s.accepted(&chosen);
-            }
-        }
-
-        // 10. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
-        //     and retry requests that are safe to repeat, within the same max wait, taking
-        //     the next slot rather than rejoining the back of the queue.
-        //     The bucket slows down on every 429, whether or not the request is retried.
-        let mut retries = 0;
-        while upstream.status() == StatusCode::TOO_MANY_REQUESTS {
-            self.limiter
-                .throttled(&ctx.key, op, tokio::time::Instant::from_std(sent_at))
-                .await;
-            let retry = self.limiter.enabled()
-                && retries < config.throttle_retries
-                && safe_to_repeat(config, &parts.method)
-                && body.replayable();
-            if !retry {
-                break;
-            }
-            // At the front of the queue: it waited its turn once already.
-            let Ok(waited) = self
-                .limiter
-                .acquire_again(&ctx.key, op, remaining(deadline))
-                .await
-            else {
-                break;
-            };
-            queued += waited;
-            retries += 1;
-            tracing::info!(
-                path = &*crate::logging::capped(path),
-                retries,
-                "Amazon answered 429; retrying after waiting for quota"
-            );
-            sent_at = Instant::now();
-            upstream = self
-                .send(&ctx, &parts, &target, &mut body, &chosen.token)
-                .await?;
-        }
-
-        // 11. getReport/getReports answers say which report documents are restricted.
-        if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
-            upstream = upstream.read_whole(MAX_LEARNED_BODY).await?;
-            if let (Upstream::Read { body, .. }, Some(s)) = (&upstream, ctx.seller) {
-                s.learn_reports(body);
             }
         }
 
@@ -647,6 +647,110 @@ impl Proxy {
             );
         }
         Ok(response)
+    }
+
+    /// Steps 9 to 11 of [`Proxy::proxy`], for the answers that need more than passing on: a
+    /// rejected token (replaced, and the request replayed once), a 429 (the bucket slowed, and
+    /// the request retried when safe), a list of report documents (learnt).
+    async fn settle(
+        &self,
+        again: Again<'_>,
+        body: &mut RequestBody,
+        upstream: &mut Upstream,
+        chosen: &mut Chosen,
+        queued: &mut Duration,
+        mut sent_at: Instant,
+    ) -> Result<(), ProxyError> {
+        let Again {
+            ctx,
+            auth,
+            config,
+            parts,
+            target,
+            plan,
+            restricted,
+            deadline,
+            path,
+        } = again;
+        let op = ctx.op;
+
+        // 9. Amazon says the token expired or is invalid: drop it, get a new one, replay once
+        //    (if the body was held). A fresh token rejected too means the credentials
+        //    themselves are not accepted: /_proxy/ready says so.
+        if upstream.status() == StatusCode::FORBIDDEN {
+            take_whole(upstream, MAX_INSPECTED_403).await?;
+            if upstream.says_token_rejected() {
+                auth.reject(ctx.seller, chosen);
+                if body.replayable() {
+                    tracing::info!(path = &*crate::logging::capped(path), source = ?chosen.source, "Amazon rejected the token; replacing it and replaying once");
+                    metrics::metrics()
+                        .replays
+                        .get_or_create(&ctx.labels())
+                        .inc();
+                    *chosen = auth.token(ctx.seller, plan, restricted).await?;
+                    *queued += self
+                        .limiter
+                        .acquire(&ctx.key, op, remaining(deadline))
+                        .await?;
+                    let sent;
+                    (*upstream, sent) = self.send(ctx, parts, target, body, &chosen.token).await?;
+                    sent_at = sent.at;
+                    if upstream.status() == StatusCode::FORBIDDEN {
+                        take_whole(upstream, MAX_INSPECTED_403).await?;
+                        if upstream.says_token_rejected() {
+                            if let Some(s) = ctx.seller {
+                                s.rejected_fresh(chosen, &upstream.text());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // 10. Amazon throttled us anyway (someone else shares the quota): slow the bucket down
+        //     and retry requests that are safe to repeat, within the same max wait, taking
+        //     the next slot rather than rejoining the back of the queue.
+        //     The bucket slows down on every 429, whether or not the request is retried.
+        let mut retries = 0;
+        while upstream.status() == StatusCode::TOO_MANY_REQUESTS {
+            self.limiter
+                .throttled(&ctx.key, op, tokio::time::Instant::from_std(sent_at))
+                .await;
+            let retry = ctx.limiting
+                && retries < config.throttle_retries
+                && safe_to_repeat(config, &parts.method)
+                && body.replayable();
+            if !retry {
+                break;
+            }
+            // At the front of the queue: it waited its turn once already.
+            let Ok(waited) = self
+                .limiter
+                .acquire_again(&ctx.key, op, remaining(deadline))
+                .await
+            else {
+                break;
+            };
+            *queued += waited;
+            retries += 1;
+            tracing::info!(
+                path = &*crate::logging::capped(path),
+                retries,
+                "Amazon answered 429; retrying after waiting for quota"
+            );
+            let sent;
+            (*upstream, sent) = self.send(ctx, parts, target, body, &chosen.token).await?;
+            sent_at = sent.at;
+        }
+
+        // 11. getReport/getReports answers say which report documents are restricted.
+        if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
+            take_whole(upstream, MAX_LEARNED_BODY).await?;
+            if let (Upstream::Read { body, .. }, Some(s)) = (&*upstream, ctx.seller) {
+                s.learn_reports(body);
+            }
+        }
+        Ok(())
     }
 
     /// `max_wait`, shortened (never lengthened) by the request's `x-spapi-max-wait`.

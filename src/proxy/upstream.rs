@@ -7,6 +7,13 @@ use super::*;
 /// A 403 body longer than this is not an SP-API token error, so it is not inspected.
 pub(super) const MAX_INSPECTED_403: u64 = 64 * 1024;
 
+/// When a request went upstream, and when its answer's head came back.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sent {
+    pub(super) at: Instant,
+    pub(super) answered: Instant,
+}
+
 /// A request body: held in memory when small enough to replay, otherwise streamed once.
 pub(super) enum RequestBody {
     Buffered(Bytes),
@@ -37,7 +44,9 @@ pub(super) enum Upstream {
 }
 
 impl Proxy {
-    /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket.
+    /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket. Also
+    /// returns when it was sent and when the answer's head arrived: the clock is read twice,
+    /// and the date header, the response timeout and the pool's idle time use the first.
     pub(super) async fn send(
         &self,
         ctx: &Ctx<'_>,
@@ -45,38 +54,49 @@ impl Proxy {
         target: &PathAndQuery,
         body: &mut RequestBody,
         token: &Token,
-    ) -> Result<Upstream, ProxyError> {
+    ) -> Result<(Upstream, Sent), ProxyError> {
+        let sending = Instant::now();
         let headers = forward::upstream_headers(
             &parts.headers,
             token.header(),
-            SystemTime::now(),
+            sending,
             ctx.forwarder.host(),
         );
         // The target as received (target::check made sure it means one thing), cloned
         // without copying its bytes.
-        let sending = Instant::now();
         let sent = ctx
             .forwarder
-            .send(parts.method.clone(), target.clone(), headers, body.take())
+            .send(
+                parts.method.clone(),
+                target.clone(),
+                headers,
+                body.take(),
+                tokio::time::Instant::from_std(sending),
+            )
             .await;
         let resp = match (sent, body.broke()) {
             (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
             (sent, _) => sent?,
         };
+        let answered = Instant::now();
         let m = metrics::metrics();
-        m.upstream(ctx.op, sending.elapsed());
+        m.upstream(ctx.op, answered.saturating_duration_since(sending));
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             m.amazon_throttled.get_or_create(&ctx.labels()).inc();
         } else if status.is_server_error() {
             m.amazon_errors.get_or_create(&ctx.labels()).inc();
         }
-        if self.limiter.enabled() {
+        if ctx.limiting {
             if let Some(rate) = limiter::rate_header(resp.headers()) {
                 self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
             }
         }
-        Ok(Upstream::Streaming(resp))
+        let sent = Sent {
+            at: sending,
+            answered,
+        };
+        Ok((Upstream::Streaming(resp), sent))
     }
 
     /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the

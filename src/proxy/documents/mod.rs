@@ -261,7 +261,7 @@ impl<'a> Flow<'a> {
             .body(Inbound::Made(body))
             .map_err(|e| ProxyError::Internal(format!("an SP-API call of the proxy's: {e}")))?;
         let op = self.proxy.catalog.find(req.method(), req.uri().path());
-        let mut facts = Facts::default();
+        let mut facts = Facts::new(std::time::Instant::now());
         let resp = self
             .proxy
             .proxy(self.state, req, op, None, self.key, &mut facts)
