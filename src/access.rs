@@ -33,7 +33,20 @@ pub struct Access {
     keys: Vec<InboundKey>,
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
+    /// Tells this policy's remembered `Host` (see [`ALLOWED_HOST`]) from another's.
+    id: u64,
 }
+
+thread_local! {
+    /// The last `Host` this thread found allowed, and the id of the policy that allowed it: a
+    /// client sends the same one on every request, and comparing it costs less than judging
+    /// it again (parsing an address literal, the loopback and SP-API names: 400 instructions).
+    static ALLOWED_HOST: std::cell::RefCell<(u64, Option<HeaderValue>)> =
+        const { std::cell::RefCell::new((0, None)) };
+}
+
+/// Ids of policies, from 1 (0 is none).
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Access {
     /// The policy `config` describes.
@@ -46,6 +59,7 @@ impl Access {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             allowed_origins: config.allowed_origins.clone(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -61,8 +75,18 @@ impl Access {
             // HTTP/1.0 clients may send none; browsers always do.
             return Ok(());
         };
+        let remembered = ALLOWED_HOST.with(|last| {
+            let last = last.borrow();
+            last.0 == self.id && last.1.as_ref() == Some(host)
+        });
+        if remembered {
+            return Ok(());
+        }
         match host.to_str() {
-            Ok(h) if self.authority_allowed(h) => Ok(()),
+            Ok(h) if self.authority_allowed(h) => {
+                ALLOWED_HOST.with(|last| *last.borrow_mut() = (self.id, Some(host.clone())));
+                Ok(())
+            }
             _ => Err(ProxyError::HostNotAllowed(printable(host.as_bytes()))),
         }
     }
@@ -246,6 +270,25 @@ mod tests {
             );
         }
         h
+    }
+
+    /// The remembered `Host` serves only the policy that allowed it, and only that value.
+    #[test]
+    fn a_remembered_host_belongs_to_its_policy() {
+        let wide = access("allowed_hosts = [\"proxy.internal\"]");
+        let narrow = access("");
+        let internal = headers(&[("host", "proxy.internal:8080")]);
+        for _ in 0..2 {
+            assert!(wide.check_host(&internal).is_ok());
+            assert!(
+                narrow.check_host(&internal).is_err(),
+                "another policy's memo"
+            );
+        }
+        assert!(wide
+            .check_host(&headers(&[("host", "evil.example")]))
+            .is_err());
+        assert!(wide.check_host(&internal).is_ok());
     }
 
     #[test]

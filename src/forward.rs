@@ -113,8 +113,6 @@ fn is_dropped_request_header(name: &HeaderName) -> bool {
 /// The names a `Connection` header lists (each is hop-by-hop for this message), except the
 /// usual `keep-alive` and `close` options, which name nothing else to remove.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    let usual =
-        |v: &[u8]| v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close");
     let values = headers.get_all(header::CONNECTION);
     // Nearly every message says just `keep-alive` or `close`: nothing to parse.
     if values.iter().all(|v| usual(v.as_bytes())) {
@@ -130,6 +128,11 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// `Connection`'s usual options, which name no header.
+fn usual(option: &[u8]) -> bool {
+    option.eq_ignore_ascii_case(b"keep-alive") || option.eq_ignore_ascii_case(b"close")
+}
+
 /// Removes hop-by-hop headers, including any that `Connection` names, in one pass over the
 /// names (a response usually has `connection` and nothing else of the kind). Which of them
 /// are present is a bit set, so the common case allocates nothing.
@@ -142,6 +145,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present == 0 {
         return;
+    }
+    if present == 1 {
+        // Only `Connection`, as nearly every answer has: one lookup to look and remove.
+        if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            if entry.iter().all(|v| usual(v.as_bytes())) {
+                entry.remove_entry_mult();
+                return;
+            }
+        }
     }
     if present & 1 != 0 {
         for name in connection_listed(headers) {

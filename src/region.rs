@@ -95,6 +95,11 @@ pub fn from_query(query: Option<&str>) -> Result<Option<Region>, ProxyError> {
         _ => Err(()),
     };
     for pair in query.as_bytes().split(|&b| b == b'&') {
+        // Every spelling is `[Mm]arketplaceId[s]=`: most pairs are passed over on their
+        // second byte, without looking for their `=`.
+        if pair.get(1..12) != Some(b"arketplaceI".as_slice()) {
+            continue;
+        }
         let (name, value) = match pair.iter().position(|&b| b == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &[][..]),
@@ -175,7 +180,7 @@ mod tests {
 
     #[test]
     fn query_table() {
-        let cases: [(&str, Option<Option<Region>>); 14] = [
+        let cases: [(&str, Option<Option<Region>>); 16] = [
             ("", Some(None)),
             ("CreatedAfter=2024-01-01", Some(None)),
             ("MarketplaceIds=ATVPDKIKX0DER", Some(Some(Region::Na))),
@@ -199,6 +204,11 @@ mod tests {
             ("&&MarketplaceIds=&x=1", Some(None)),
             ("marketplaceIds=ATVPDKIKX0DER,%20A1F83G8C2ARO7P", None),
             ("MarketplaceIdsX=A1PA6795UKMFR9", Some(None)),
+            (
+                "n=1&MarketplaceIds=A1PA6795UKMFR9&x",
+                Some(Some(Region::Eu)),
+            ),
+            ("xMarketplaceIds=A1PA6795UKMFR9", Some(None)),
         ];
         for (query, want) in cases {
             let got = from_query(Some(query));

@@ -37,27 +37,35 @@ pub fn check(
 
 /// The path rules: it starts with `/`, holds only RFC 3986 `pchar`s and `/`, its percent
 /// escapes are well formed, no segment is `.` or `..` in any spelling, and no segment is empty
-/// except after a single trailing slash.
+/// except after a single trailing slash. One pass over the bytes (a second, splitting the path
+/// into segments, cost as much again).
 pub fn check_path(path: &str) -> Result<(), ProxyError> {
-    let Some(rest) = path.strip_prefix('/') else {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Err(bad(&format!(
             "the request target `{}` is not a path (`OPTIONS *` and the like are not served)",
             printable(path)
         )));
-    };
-    let bytes = path.as_bytes();
-    let mut i = 0;
+    }
+    let mut segment = Segment::default();
+    let mut i = 1;
     while i < bytes.len() {
         match bytes[i] {
+            b'/' => {
+                segment.end(false)?;
+                segment = Segment::default();
+            }
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3);
                 if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
                     return Err(bad("the path has a `%` that is not a percent escape"));
                 }
+                segment.push(hex.is_some_and(|h| h.eq_ignore_ascii_case(b"2e")));
                 i += 3;
                 continue;
             }
-            b if is_pchar(b) || b == b'/' => {}
+            b'.' => segment.push(true),
+            b if is_pchar(b) => segment.push(false),
             b => {
                 return Err(bad(&format!(
                 "the path has the character {:?}, which SP-API paths never hold; percent-encode it",
@@ -67,18 +75,36 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
         }
         i += 1;
     }
-    let mut segments = rest.split('/').peekable();
-    while let Some(segment) = segments.next() {
-        if segment.is_empty() && segments.peek().is_some() {
+    segment.end(true)
+}
+
+/// What the path check knows of the segment it is in: how many characters, how many of them
+/// dots (`.` or `%2e`).
+#[derive(Default)]
+struct Segment {
+    chars: u32,
+    dots: u32,
+}
+
+impl Segment {
+    fn push(&mut self, dot: bool) {
+        self.chars = self.chars.saturating_add(1);
+        self.dots = self.dots.saturating_add(u32::from(dot));
+    }
+
+    /// The segment is over (`last`: the path is); an error if it is empty before another, or
+    /// `.` or `..` in any spelling.
+    fn end(&self, last: bool) -> Result<(), ProxyError> {
+        if self.chars == 0 && !last {
             return Err(bad("the path has an empty segment (`//`)"));
         }
-        if is_dot_segment(segment) {
+        if self.dots == self.chars && matches!(self.dots, 1 | 2) {
             return Err(bad(
                 "the path has a `.` or `..` segment (raw or percent-encoded); send the path as it is meant",
             ));
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// RFC 3986 `pchar` minus `%` (handled as an escape): unreserved, sub-delims, `:` and `@`.
@@ -116,23 +142,6 @@ static PCHAR: [bool; 256] = {
     }
     table
 };
-
-/// `.` or `..`, where each dot may also be written `%2e` or `%2E`.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment;
-    let mut dots = 0;
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('.') {
-            rest = r;
-        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
-            rest = &rest[3..];
-        } else {
-            return false;
-        }
-        dots += 1;
-    }
-    matches!(dots, 1 | 2)
-}
 
 /// At most 100 characters of a client's input, for an error message.
 fn printable(s: &str) -> String {
@@ -179,6 +188,11 @@ mod tests {
             ("brace", "/x/{id}", false),
             ("broken escape", "/x/%zz", false),
             ("short escape", "/x/%2", false),
+            ("three dots", "/x/.../y", true),
+            ("an escape that is not a dot", "/x/%2f%2E", true),
+            ("top-level encoded dot", "/%2e", false),
+            ("dot then slash", "/./", false),
+            ("two trailing slashes", "/x//", false),
             ("asterisk form", "*", false),
             ("empty", "", false),
         ];

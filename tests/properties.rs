@@ -1,7 +1,6 @@
 //! Property tests of what hostile input reaches first: request-target rules, the matcher and
 //! header rewriting. Bounded (a few thousand cases each) so that CI runs them in seconds.
 
-
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use proptest::prelude::*;

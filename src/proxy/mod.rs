@@ -137,6 +137,8 @@ struct Facts {
     started: Instant,
     /// When the answer's head arrived (`None`: read the clock when the line is written).
     answered: Option<Instant>,
+    /// Amazon's `x-amzn-RequestId`, once looked up (`None`: not yet).
+    request_id: Option<Option<http::HeaderValue>>,
     seller: Option<Arc<str>>,
     /// `lwa`, `rdt`, `grantless`, or `none` when no token was chosen.
     token: &'static str,
@@ -149,6 +151,7 @@ impl Facts {
         Facts {
             started,
             answered: None,
+            request_id: None,
             seller: None,
             token: "none",
             pii: None,
@@ -384,11 +387,12 @@ impl Proxy {
             queue_ms: u64::try_from(facts.queued.as_millis()).unwrap_or(u64::MAX),
             token: facts.token,
             pii: facts.pii.map_or("-", |p| p.header_value()),
-            request_id: response
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-"),
+            request_id: match &facts.request_id {
+                Some(looked) => looked.as_ref(),
+                None => response.headers().get(REQUEST_ID),
+            }
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
         };
         // Written directly when the proxy's own subscriber is installed and this line is all
         // there is to write (info, not debug); through tracing otherwise. Same line either way.
@@ -621,14 +625,16 @@ impl Proxy {
         facts.pii = chosen.pii;
 
         // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
+        let request_id = upstream.headers().get(REQUEST_ID).cloned();
         if let Upstream::Streaming(resp) = &mut upstream {
             let whose = forward::Whose {
                 labels: ctx.labels(),
                 status: resp.status().as_u16(),
-                request_id: resp.headers().get(REQUEST_ID).cloned(),
+                request_id: request_id.clone(),
             };
             resp.body_mut().set_whose(whose);
         }
+        facts.request_id = Some(request_id);
         let mut response = upstream.into_response();
         let headers = response.headers_mut();
         let queued_ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);

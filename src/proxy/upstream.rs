@@ -168,6 +168,13 @@ pub(super) fn remaining(deadline: Instant) -> Duration {
 }
 
 impl Upstream {
+    pub(super) fn headers(&self) -> &HeaderMap {
+        match self {
+            Upstream::Streaming(r) => r.headers(),
+            Upstream::Read { headers, .. } => headers,
+        }
+    }
+
     pub(super) fn status(&self) -> StatusCode {
         match self {
             Upstream::Streaming(r) => r.status(),
