@@ -118,11 +118,20 @@ impl Access {
     /// `allowed_origins`. `Sec-Fetch-Site` catches the requests that carry no `Origin` (a
     /// cross-site GET, a form POST in some browsers).
     pub fn check_browser(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
-        if let Some(origin) = headers.get(ORIGIN) {
+        // One pass over the names, which are few outside browsers, instead of two lookups,
+        // one of them hashing a name that is not a standard one (300 instructions).
+        let (mut origin, mut fetch_site) = (None, None);
+        for (name, value) in headers {
+            if *name == ORIGIN {
+                origin = origin.or(Some(value));
+            } else if *name == SEC_FETCH_SITE {
+                fetch_site = fetch_site.or(Some(value));
+            }
+        }
+        if let Some(origin) = origin {
             // The proxy's own pages (the status page's revoke form): the origin is this very
             // host, and the browser says so. (`Host` passed its own check already.)
-            let same_origin = headers.get(SEC_FETCH_SITE).map(HeaderValue::as_bytes)
-                == Some(b"same-origin")
+            let same_origin = fetch_site.map(HeaderValue::as_bytes) == Some(b"same-origin")
                 && headers.get(HOST).is_some_and(|host| {
                     origin.as_bytes().strip_prefix(b"http://") == Some(host.as_bytes())
                         || origin.as_bytes().strip_prefix(b"https://") == Some(host.as_bytes())
@@ -138,7 +147,7 @@ impl Access {
                 ))),
             };
         }
-        match headers.get(SEC_FETCH_SITE).map(HeaderValue::as_bytes) {
+        match fetch_site.map(HeaderValue::as_bytes) {
             Some(b"cross-site" | b"same-site") => Err(ProxyError::CrossSite(
                 "a request from another site's web page is refused (Sec-Fetch-Site)".into(),
             )),

@@ -124,8 +124,8 @@ pub struct Catalog {
 
 #[derive(Debug, Default)]
 struct Node {
-    /// Sorted by segment, for binary search.
-    literals: Vec<(Box<str>, u32)>,
+    /// Sorted by segment, for binary search, each with its [`prefix_key`].
+    literals: Vec<(Box<str>, u32, u64)>,
     param: Option<u32>,
     operation: Option<u32>,
 }
@@ -157,12 +157,15 @@ impl Router {
                 }
             } else {
                 let lits = &self.nodes[at].literals;
-                match lits.binary_search_by(|(s, _)| s.as_ref().cmp(seg)) {
+                match lits.binary_search_by(|(s, ..)| s.as_ref().cmp(seg)) {
                     Ok(i) => lits[i].1 as usize,
                     Err(i) => {
                         self.nodes.push(Node::default());
                         let n = self.nodes.len() - 1;
-                        self.nodes[at].literals.insert(i, (seg.into(), n as u32));
+                        let key = prefix_key(seg.as_bytes());
+                        self.nodes[at]
+                            .literals
+                            .insert(i, (seg.into(), n as u32, key));
                         n
                     }
                 }
@@ -186,9 +189,12 @@ impl Router {
         let Some(first) = segs.next() else {
             return n.operation;
         };
+        // Compared by their first eight bytes as one number, and byte by byte only when
+        // those are equal: the same order, without a call to compare slices at every step.
+        let key = prefix_key(first);
         if let Ok(i) = n
             .literals
-            .binary_search_by(|(s, _)| s.as_bytes().cmp(first))
+            .binary_search_by(|(s, _, k)| k.cmp(&key).then_with(|| s.as_bytes().cmp(first)))
         {
             if let Some(op) = self.find(n.literals[i].1 as usize, segs.clone()) {
                 return Some(op);
@@ -199,6 +205,15 @@ impl Router {
             _ => None,
         }
     }
+}
+
+/// A segment's first eight bytes as a big-endian number, zero-padded: ordered as the bytes
+/// are (a path never holds a zero byte), so it decides most comparisons alone.
+fn prefix_key(segment: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    let n = segment.len().min(8);
+    first[..n].copy_from_slice(&segment[..n]);
+    u64::from_be_bytes(first)
 }
 
 /// A request path's segments, as the router walks them.
