@@ -54,6 +54,10 @@ pub const OWN_HEADER_PREFIX: &str = "x-spapi-";
 /// constants, because that compiles to cheap tag checks (a loop over an array of names
 /// measured slower).
 fn hop_by_hop_index(name: &HeaderName) -> Option<u32> {
+    // Their lengths first: most names have none of them, and a length is one load away.
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+        return None;
+    }
     let i = if *name == header::CONNECTION {
         0
     } else if *name == header::TE {
@@ -130,7 +134,11 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// `Connection`'s usual options, which name no header.
 fn usual(option: &[u8]) -> bool {
-    option.eq_ignore_ascii_case(b"keep-alive") || option.eq_ignore_ascii_case(b"close")
+    // As servers write them, before any other spelling.
+    option == b"keep-alive"
+        || option == b"close"
+        || option.eq_ignore_ascii_case(b"keep-alive")
+        || option.eq_ignore_ascii_case(b"close")
 }
 
 /// Removes hop-by-hop headers, including any that `Connection` names, in one pass over the
@@ -679,64 +687,101 @@ impl Forwarder {
     /// Sends one request (`target` exactly as received) at `now` and returns the upstream's
     /// response with its body still streaming. A reused connection that turns out closed
     /// before the request went out is replaced once.
-    pub async fn send(
+    ///
+    /// The request is built here, before the future exists, and the future is a struct around
+    /// the exchange: an `async fn` kept the request, the exchange and its copy of the request
+    /// side by side (1.4 KB, moved whole into every caller's future).
+    pub fn send(
         &self,
         method: http::Method,
         target: PathAndQuery,
         headers: HeaderMap,
         body: UpstreamBody,
         now: Instant,
-    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>> + Send + '_ {
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from(target);
         *request.headers_mut() = headers;
-        let exchange = async {
-            let mut request = request;
-            loop {
-                let (mut sender, reused) = self.pool.checkout(now).await?;
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok((response, sender)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) if reused => request = unsent,
-                        _ => return Err(ProxyError::Upstream(describe(&e.into_error()))),
-                    },
+        Sending {
+            forwarder: self,
+            armed: self
+                .deadlines
+                .arm(now + self.response_timeout, self.response_timeout),
+            exchange: self.exchange(request, now),
+            now,
+        }
+    }
+
+    /// Sends `request` over a pooled connection, or a new one if a reused one turns out closed
+    /// before the request went out.
+    async fn exchange(
+        &self,
+        mut request: Request<UpstreamBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), ProxyError> {
+        loop {
+            let (mut sender, reused) = self.pool.checkout(now).await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(ProxyError::Upstream(describe(&e.into_error()))),
+                },
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request to the upstream, until its answer's head arrives or its response deadline
+    /// (see [`Deadlines`]) passes; then its slot is given back.
+    struct Sending<'a, F> {
+        forwarder: &'a Forwarder,
+        armed: Armed<'a>,
+        #[pin]
+        exchange: F,
+        now: Instant,
+    }
+}
+
+impl<F> Future for Sending<'_, F>
+where
+    F: Future<Output = Result<(Response<Incoming>, SendRequest<UpstreamBody>), ProxyError>>,
+{
+    type Output = Result<Response<UpstreamResponseBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let (response, sender) = match this.exchange.poll(cx) {
+            Poll::Ready(Ok(answered)) => answered,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // Registered before the flag is read, so a sweep between the two still wakes
+                // us.
+                this.armed.expiry.waker.register(cx.waker());
+                if this
+                    .armed
+                    .expiry
+                    .fired
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return Poll::Ready(Err(ProxyError::UpstreamTimeout));
                 }
+                return Poll::Pending;
             }
         };
-        let armed = self
-            .deadlines
-            .arm(now + self.response_timeout, self.response_timeout);
-        let mut exchange = std::pin::pin!(exchange);
-        let answered = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            // Registered before the flag is read, so a sweep between the two still wakes us.
-            armed.expiry.waker.register(cx.waker());
-            if armed
-                .expiry
-                .fired
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
-        drop(armed);
-        let (response, sender) = answered.ok_or(ProxyError::UpstreamTimeout)??;
         let (parts, body) = response.into_parts();
         let body = UpstreamResponseBody {
             body,
             sender: Some(sender),
-            pool: Arc::clone(&self.pool),
-            idle_timeout: self.idle_timeout,
+            pool: Arc::clone(&this.forwarder.pool),
+            idle_timeout: this.forwarder.idle_timeout,
             idle: None,
             whose: None,
-            sent_at: now,
+            sent_at: *this.now,
         };
-        Ok(Response::from_parts(parts, body))
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 
@@ -905,6 +950,28 @@ mod tests {
         &'static [(&'static str, &'static str)],
         &'static [&'static str],
     );
+
+    /// Each hop-by-hop name has its own bit, whatever the length filter lets through; other
+    /// names, of those lengths too, have none.
+    #[test]
+    fn every_hop_by_hop_name_has_its_bit() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i as u32), "{name}");
+            let upper = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&upper), Some(i as u32), "{upper}");
+        }
+        for other in [
+            "tx",
+            "x-token",
+            "keep-alivx",
+            "content-length",
+            "x-amzn-requestid",
+            "date",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(hop_by_hop_index(&name), None, "{other}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_strip_table() {

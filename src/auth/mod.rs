@@ -646,15 +646,15 @@ pub fn plan(
                 (true, false, RestrictedData::Auto) => OnRefusal::FallBack,
             };
             Ok(TokenPlan::Rdt {
-                resource: Arc::new(RdtResource {
-                    method: op.method.to_string(),
-                    path: if spec.generic {
+                resource: Arc::new(RdtResource::new(
+                    op.method.to_string(),
+                    if spec.generic {
                         op.template.clone()
                     } else {
                         path.to_string()
                     },
-                    data_elements: elements,
-                }),
+                    elements,
+                )),
                 on_refusal,
             })
         }
@@ -674,11 +674,11 @@ mod tests {
     #[test]
     fn plan_table() {
         let rdt = |path: &str, els: &[&str], on_refusal| TokenPlan::Rdt {
-            resource: Arc::new(RdtResource {
-                method: "GET".into(),
-                path: path.into(),
-                data_elements: els.iter().map(|s| s.to_string()).collect(),
-            }),
+            resource: Arc::new(RdtResource::new(
+                "GET".into(),
+                path.into(),
+                els.iter().map(|s| s.to_string()).collect(),
+            )),
             on_refusal,
         };
         let configured = vec!["shippingAddress".to_string()];

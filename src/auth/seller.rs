@@ -151,11 +151,7 @@ impl SellerAuth {
                 if restricted.or_else(|| self.reports.is_restricted(document)) != Some(true) {
                     return self.seller_chosen(None).await;
                 }
-                let resource = Arc::new(RdtResource {
-                    method: "GET".into(),
-                    path: path.clone(),
-                    data_elements: Vec::new(),
-                });
+                let resource = Arc::new(RdtResource::new("GET".into(), path.clone(), Vec::new()));
                 match policy {
                     RestrictedData::Never => self.seller_chosen(Some(Pii::Omitted)).await,
                     RestrictedData::Always => {

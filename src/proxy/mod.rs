@@ -521,7 +521,11 @@ impl Proxy {
         }
 
         // 3. Hold small bodies so that a request can be replayed once with a fresh token.
-        let mut body = self.read_body(config, body).await?;
+        let mut body = match body {
+            // No body (a GET): nothing to wait for.
+            Inbound::Client(b) if b.is_end_stream() => RequestBody::Buffered(Bytes::new()),
+            body => self.read_body(config, body).await?,
+        };
 
         // 4. Which region: forced by header, else the request's marketplaces, else the
         //    seller's own.
