@@ -217,10 +217,36 @@ fn prefix_key(segment: &[u8]) -> u64 {
 }
 
 /// A request path's segments, as the router walks them.
-type Segments<'a> = std::slice::Split<'a, u8, fn(&u8) -> bool>;
+/// Cheap to clone, for backtracking; each `/` is found by an inlined scan (a split with a
+/// predicate behind a function pointer called it once per byte; memchr's set-up costs more
+/// than a segment's few bytes).
+#[derive(Clone)]
+struct Segments<'a> {
+    rest: Option<&'a [u8]>,
+}
 
-fn is_slash(b: &u8) -> bool {
-    *b == b'/'
+impl<'a> Segments<'a> {
+    fn new(path: &'a [u8]) -> Segments<'a> {
+        Segments { rest: Some(path) }
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match rest.iter().position(|&b| b == b'/') {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// The path's segments; one trailing slash is ignored.
@@ -341,7 +367,7 @@ impl Catalog {
             return None;
         }
         router
-            .find(0, p.as_bytes().split(is_slash as fn(&u8) -> bool))
+            .find(0, Segments::new(p.as_bytes()))
             .map(|i| &self.operations[i as usize])
     }
 

@@ -583,10 +583,14 @@ impl Proxy {
             }
         }
 
-        // 8. Forward.
-        let (mut upstream, sent) = self
-            .send(&ctx, &parts, &target, &mut body, &chosen.token)
-            .await?;
+        // 8. Forward (what `send` does, in its three steps: this future holds the exchange
+        //    itself, not a future around it).
+        let (sending, at) = self.start_send(&ctx, &parts, &target, &mut body, &chosen.token);
+        let answer = sending.await;
+        let (mut upstream, sent) = self.sent(&ctx, &body, answer, at)?;
+        if ctx.limiting {
+            Box::pin(self.observe_rate(&ctx, &upstream)).await;
+        }
         facts.answered = Some(sent.answered);
 
         // 9-11. Amazon rejected the token, throttled us, or listed report documents: each

@@ -45,8 +45,9 @@ pub(super) enum Upstream {
 
 impl Proxy {
     /// Sends the request once with `token`; Amazon's rate header adapts `op`'s bucket. Also
-    /// returns when it was sent and when the answer's head arrived: the clock is read twice,
-    /// and the date header, the response timeout and the pool's idle time use the first.
+    /// returns when it was sent and when the answer's head arrived. [`Proxy::proxy`] does the
+    /// same for its first send in three steps ([`Proxy::start_send`], the await,
+    /// [`Proxy::sent`]), so that its future holds the exchange itself, not this one.
     pub(super) async fn send(
         &self,
         ctx: &Ctx<'_>,
@@ -55,48 +56,76 @@ impl Proxy {
         body: &mut RequestBody,
         token: &Token,
     ) -> Result<(Upstream, Sent), ProxyError> {
-        let sending = Instant::now();
-        let headers = forward::upstream_headers(
-            &parts.headers,
-            token.header(),
-            sending,
-            ctx.forwarder.host(),
-        );
+        let (sending, at) = self.start_send(ctx, parts, target, body, token);
+        let answer = sending.await;
+        let (upstream, sent) = self.sent(ctx, body, answer, at)?;
+        if ctx.limiting {
+            self.observe_rate(ctx, &upstream).await;
+        }
+        Ok((upstream, sent))
+    }
+
+    /// The request on its way: the headers Amazon gets and the exchange, not yet polled; and
+    /// when it was sent. The clock is read here and once more in [`Proxy::sent`]: the date
+    /// header, the response timeout and the pool's idle time use this reading.
+    pub(super) fn start_send<'a>(
+        &self,
+        ctx: &Ctx<'a>,
+        parts: &http::request::Parts,
+        target: &PathAndQuery,
+        body: &mut RequestBody,
+        token: &Token,
+    ) -> (
+        impl std::future::Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>>
+            + Send
+            + 'a,
+        Instant,
+    ) {
+        let at = Instant::now();
+        let headers =
+            forward::upstream_headers(&parts.headers, token.header(), at, ctx.forwarder.host());
         // The target as received (target::check made sure it means one thing), cloned
         // without copying its bytes.
-        let sent = ctx
-            .forwarder
-            .send(
-                parts.method.clone(),
-                target.clone(),
-                headers,
-                body.take(),
-                tokio::time::Instant::from_std(sending),
-            )
-            .await;
-        let resp = match (sent, body.broke()) {
+        let sending = ctx.forwarder.send(
+            parts.method.clone(),
+            target.clone(),
+            headers,
+            body.take(),
+            tokio::time::Instant::from_std(at),
+        );
+        (sending, at)
+    }
+
+    /// Amazon's answer to a request sent at `at`: counted, and a failure blamed on the
+    /// client when its body broke off.
+    pub(super) fn sent(
+        &self,
+        ctx: &Ctx<'_>,
+        body: &RequestBody,
+        answer: Result<Response<UpstreamResponseBody>, ProxyError>,
+        at: Instant,
+    ) -> Result<(Upstream, Sent), ProxyError> {
+        let resp = match (answer, body.broke()) {
             (Err(ProxyError::Upstream(_)), Some(why)) => return Err(ProxyError::ClientBody(why)),
-            (sent, _) => sent?,
+            (answer, _) => answer?,
         };
         let answered = Instant::now();
         let m = metrics::metrics();
-        m.upstream(ctx.op, answered.saturating_duration_since(sending));
+        m.upstream(ctx.op, answered.saturating_duration_since(at));
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             m.amazon_throttled.get_or_create(&ctx.labels()).inc();
         } else if status.is_server_error() {
             m.amazon_errors.get_or_create(&ctx.labels()).inc();
         }
-        if ctx.limiting {
-            if let Some(rate) = limiter::rate_header(resp.headers()) {
-                self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
-            }
+        Ok((Upstream::Streaming(resp), Sent { at, answered }))
+    }
+
+    /// Amazon's rate header, if the answer has one, adapts the operation's bucket.
+    pub(super) async fn observe_rate(&self, ctx: &Ctx<'_>, upstream: &Upstream) {
+        if let Some(rate) = limiter::rate_header(upstream.headers()) {
+            self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
         }
-        let sent = Sent {
-            at: sending,
-            answered,
-        };
-        Ok((Upstream::Streaming(resp), sent))
     }
 
     /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the
