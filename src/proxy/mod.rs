@@ -322,13 +322,14 @@ impl Proxy {
                         .and_then(Result::ok)
                         .map(|(name, _)| name.to_string());
                     let req = req.map(Inbound::Client);
-                    let proxied = self.proxy(&state, req, op, seller, key, &mut facts);
                     // Below debug the span is disabled: not wrapping the future saves moving
                     // it into the wrapper.
                     if span.is_disabled() {
-                        proxied.await
+                        self.proxy(&state, req, op, seller, key, &mut facts).await
                     } else {
-                        proxied.instrument(span).await
+                        self.proxy(&state, req, op, seller, key, &mut facts)
+                            .instrument(span)
+                            .await
                     }
                 }
             },
@@ -585,8 +586,10 @@ impl Proxy {
 
         // 8. Forward (what `send` does, in its three steps: this future holds the exchange
         //    itself, not a future around it).
-        let (sending, at) = self.start_send(&ctx, &parts, &target, &mut body, &chosen.token);
-        let answer = sending.await;
+        let at = Instant::now();
+        let answer = self
+            .start_send(&ctx, &parts, &target, &mut body, &chosen.token, at)
+            .await;
         let (mut upstream, sent) = self.sent(&ctx, &body, answer, at)?;
         if ctx.limiting {
             Box::pin(self.observe_rate(&ctx, &upstream)).await;

@@ -56,8 +56,8 @@ impl Proxy {
         body: &mut RequestBody,
         token: &Token,
     ) -> Result<(Upstream, Sent), ProxyError> {
-        let (sending, at) = self.start_send(ctx, parts, target, body, token);
-        let answer = sending.await;
+        let at = Instant::now();
+        let answer = self.start_send(ctx, parts, target, body, token, at).await;
         let (upstream, sent) = self.sent(ctx, body, answer, at)?;
         if ctx.limiting {
             self.observe_rate(ctx, &upstream).await;
@@ -65,9 +65,9 @@ impl Proxy {
         Ok((upstream, sent))
     }
 
-    /// The request on its way: the headers Amazon gets and the exchange, not yet polled; and
-    /// when it was sent. The clock is read here and once more in [`Proxy::sent`]: the date
-    /// header, the response timeout and the pool's idle time use this reading.
+    /// The request on its way, sent `at` (a clock reading the date header, the response
+    /// timeout and the pool's idle time use): the headers Amazon gets and the exchange, not
+    /// yet polled. Awaited where it is made, it is built in place in the caller's future.
     pub(super) fn start_send<'a>(
         &self,
         ctx: &Ctx<'a>,
@@ -75,29 +75,26 @@ impl Proxy {
         target: &PathAndQuery,
         body: &mut RequestBody,
         token: &Token,
-    ) -> (
-        impl std::future::Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>>
-            + Send
-            + 'a,
-        Instant,
-    ) {
-        let at = Instant::now();
+        at: Instant,
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamResponseBody>, ProxyError>> + Send + 'a
+    {
         let headers =
             forward::upstream_headers(&parts.headers, token.header(), at, ctx.forwarder.host());
         // The target as received (target::check made sure it means one thing), cloned
         // without copying its bytes.
-        let sending = ctx.forwarder.send(
+        ctx.forwarder.send(
             parts.method.clone(),
             target.clone(),
             headers,
             body.take(),
             tokio::time::Instant::from_std(at),
-        );
-        (sending, at)
+        )
     }
 
     /// Amazon's answer to a request sent at `at`: counted, and a failure blamed on the
-    /// client when its body broke off.
+    /// client when its body broke off. Inlined: the answer (300 bytes) is then moved once into
+    /// the caller's future rather than three times (60 instructions per request).
+    #[inline(always)]
     pub(super) fn sent(
         &self,
         ctx: &Ctx<'_>,
