@@ -538,9 +538,11 @@ impl Default for Deadlines {
     }
 }
 
+/// Each slot keeps its `Expiry` for the next request that takes it: arming allocates nothing
+/// once the slots are there.
 #[derive(Default)]
 struct DeadlineSlots {
-    taken: Vec<Option<(Instant, Arc<Expiry>)>>,
+    taken: Vec<(Option<Instant>, Arc<Expiry>)>,
     free: Vec<usize>,
 }
 
@@ -569,19 +571,24 @@ impl Deadlines {
             let tick = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250));
             tokio::spawn(sweep_deadlines(Arc::downgrade(self), tick));
         });
-        let expiry = Arc::new(Expiry::default());
         let mut slots = self.lock();
-        let entry = Some((deadline, Arc::clone(&expiry)));
-        let index = match slots.free.pop() {
+        let (index, expiry) = match slots.free.pop() {
             Some(i) => {
-                slots.taken[i] = entry;
-                i
+                let slot = &mut slots.taken[i];
+                slot.0 = Some(deadline);
+                // Taken back from the sweeper only when the slot was free (see `Armed::drop`).
+                slot.1
+                    .fired
+                    .store(false, std::sync::atomic::Ordering::Release);
+                (i, Arc::clone(&slot.1))
             }
             None => {
-                slots.taken.push(entry);
-                slots.taken.len() - 1
+                let expiry = Arc::new(Expiry::default());
+                slots.taken.push((Some(deadline), Arc::clone(&expiry)));
+                (slots.taken.len() - 1, expiry)
             }
         };
+        drop(slots);
         Armed {
             deadlines: self,
             index,
@@ -594,7 +601,7 @@ impl Drop for Armed<'_> {
     fn drop(&mut self) {
         let mut slots = self.deadlines.lock();
         if let Some(entry) = slots.taken.get_mut(self.index) {
-            *entry = None;
+            entry.0 = None;
             slots.free.push(self.index);
         }
     }
@@ -610,7 +617,8 @@ async fn sweep_deadlines(deadlines: std::sync::Weak<Deadlines>, tick: Duration) 
             return;
         };
         let now = Instant::now();
-        for (deadline, expiry) in deadlines.lock().taken.iter().flatten() {
+        for (deadline, expiry) in &deadlines.lock().taken {
+            let Some(deadline) = deadline else { continue };
             if now >= *deadline && !expiry.fired.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 expiry.waker.wake();
             }
