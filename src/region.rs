@@ -181,6 +181,11 @@ mod tests {
         assert_eq!(of_marketplace("A1PA6795UKMFR9"), Some(Region::Eu));
         assert_eq!(of_marketplace("A1VC38T7YXB528"), Some(Region::Fe));
         assert_eq!(of_marketplace("NOPE"), None);
+        assert_eq!(of_marketplace("ATVPDKIKX0DER\0"), None);
+        assert_eq!(of_marketplace("ATVPDKIKX0DERATVPDKIKX0DER"), None);
+        for &(id, region) in table() {
+            assert_eq!(of_marketplace(id), Some(region), "{id}");
+        }
     }
 
     #[test]
