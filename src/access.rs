@@ -45,6 +45,39 @@ thread_local! {
         const { std::cell::RefCell::new((0, None)) };
 }
 
+/// The request headers the access checks read, found in one pass over the names (which are
+/// few outside browsers) instead of a lookup each, one of them hashing a name that is not a
+/// standard one (400 instructions).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    /// The first `Host`.
+    pub host: Option<&'a HeaderValue>,
+    /// The first `Origin`.
+    pub origin: Option<&'a HeaderValue>,
+    /// The first `Sec-Fetch-Site`.
+    pub fetch_site: Option<&'a HeaderValue>,
+}
+
+impl<'a> Seen<'a> {
+    /// Reads them from `headers`.
+    pub fn read(headers: &'a HeaderMap) -> Seen<'a> {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            let slot = if *name == HOST {
+                &mut seen.host
+            } else if *name == ORIGIN {
+                &mut seen.origin
+            } else if *name == SEC_FETCH_SITE {
+                &mut seen.fetch_site
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        seen
+    }
+}
+
 /// Ids of policies, from 1 (0 is none).
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -71,7 +104,12 @@ impl Access {
     /// The `Host` header (and an absolute-form target's authority) must name this proxy, never
     /// a domain a web page controls: a DNS-rebinding page always sends its own domain name.
     pub fn check_host(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        let Some(host) = headers.get(HOST) else {
+        self.check_host_of(&Seen::read(headers))
+    }
+
+    /// [`Access::check_host`] on headers already read.
+    pub fn check_host_of(&self, seen: &Seen<'_>) -> Result<(), ProxyError> {
+        let Some(host) = seen.host else {
             // HTTP/1.0 clients may send none; browsers always do.
             return Ok(());
         };
@@ -118,21 +156,21 @@ impl Access {
     /// `allowed_origins`. `Sec-Fetch-Site` catches the requests that carry no `Origin` (a
     /// cross-site GET, a form POST in some browsers).
     pub fn check_browser(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
-        // One pass over the names, which are few outside browsers, instead of two lookups,
-        // one of them hashing a name that is not a standard one (300 instructions).
-        let (mut origin, mut fetch_site) = (None, None);
-        for (name, value) in headers {
-            if *name == ORIGIN {
-                origin = origin.or(Some(value));
-            } else if *name == SEC_FETCH_SITE {
-                fetch_site = fetch_site.or(Some(value));
-            }
-        }
+        self.check_browser_of(&Seen::read(headers))
+    }
+
+    /// [`Access::check_browser`] on headers already read.
+    pub fn check_browser_of(&self, seen: &Seen<'_>) -> Result<Option<HeaderValue>, ProxyError> {
+        let Seen {
+            host,
+            origin,
+            fetch_site,
+        } = *seen;
         if let Some(origin) = origin {
             // The proxy's own pages (the status page's revoke form): the origin is this very
             // host, and the browser says so. (`Host` passed its own check already.)
             let same_origin = fetch_site.map(HeaderValue::as_bytes) == Some(b"same-origin")
-                && headers.get(HOST).is_some_and(|host| {
+                && host.is_some_and(|host| {
                     origin.as_bytes().strip_prefix(b"http://") == Some(host.as_bytes())
                         || origin.as_bytes().strip_prefix(b"https://") == Some(host.as_bytes())
                 });

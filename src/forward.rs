@@ -179,25 +179,30 @@ pub fn upstream_headers(
     now: std::time::Instant,
     host: &HeaderValue,
 ) -> HeaderMap {
-    let listed = if inbound.contains_key(header::CONNECTION) {
-        connection_listed(inbound)
-    } else {
-        Vec::new()
-    };
     let mut out = HeaderMap::with_capacity(inbound.len() + 4);
+    // The client's agent and whether it sent `Connection` are noted in the same pass (two
+    // lookups cost 190 instructions more).
+    let mut client_agent = None;
+    let mut connection = false;
     for (name, value) in inbound {
-        if is_dropped_request_header(name) || listed.contains(name) {
-            continue;
+        if *name == header::USER_AGENT {
+            client_agent = client_agent.or(Some(value));
+        } else if *name == header::CONNECTION {
+            connection = true;
+        } else if !is_dropped_request_header(name) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
+    }
+    if connection {
+        // What `Connection` names is hop-by-hop too (before ours are set: it names none).
+        for name in connection_listed(inbound) {
+            out.remove(name);
+        }
     }
     out.insert(header::HOST, host.clone());
     out.insert(X_AMZ_ACCESS_TOKEN, token.clone());
     out.insert(X_AMZ_DATE, amz_date_header(now));
-    out.insert(
-        header::USER_AGENT,
-        cached_user_agent(inbound.get(header::USER_AGENT)),
-    );
+    out.insert(header::USER_AGENT, cached_user_agent(client_agent));
     out
 }
 

@@ -432,13 +432,14 @@ impl Proxy {
         let access = &state.access;
         target::check(req.method(), req.uri(), |a| access.authority_allowed(a))?;
         let headers = req.headers();
-        access.check_host(headers)?;
+        let seen = access::Seen::read(headers);
+        access.check_host_of(&seen)?;
         // Amazon's redirect back after onboarding's consent page: a navigation from another
         // site, without a key. Only a state this proxy issued lets it do anything.
         if path == admin::OAUTH_CALLBACK && req.method() == Method::GET {
             return Ok(Admitted::Key(None));
         }
-        *cors_origin = access.check_browser(headers)?;
+        *cors_origin = access.check_browser_of(&seen)?;
         if let Some(origin) = cors_origin.clone() {
             if access::is_preflight(req.method(), headers) {
                 *cors_origin = None;
@@ -636,7 +637,12 @@ impl Proxy {
         facts.pii = chosen.pii;
 
         // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
-        let request_id = upstream.headers().get(REQUEST_ID).cloned();
+        // A pass over the few names, not a lookup hashing this long one (150 instructions).
+        let request_id = upstream
+            .headers()
+            .iter()
+            .find(|(name, _)| *name == REQUEST_ID)
+            .map(|(_, value)| value.clone());
         if let Upstream::Streaming(resp) = &mut upstream {
             let whose = forward::Whose {
                 labels: ctx.labels(),
