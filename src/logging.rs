@@ -148,54 +148,92 @@ fn format_request(format: Format, r: &RequestLine<'_>, now: SystemTime, line: &m
     match format {
         Format::Text => {
             let _ = write_timestamp(line, now);
-            line.push_str("  INFO spapi_proxy::proxy: request method=");
-            line.push_str(r.method);
-            line.push_str(" path=");
-            push_text(line, r.path);
-            line.push_str(" seller=");
-            line.push_str(r.seller);
-            line.push_str(" op=");
-            line.push_str(r.op);
-            line.push_str(" status=");
-            line.push_str(status);
-            line.push_str(" latency_ms=");
-            line.push_str(latency);
-            line.push_str(" queue_ms=");
-            line.push_str(queue);
-            line.push_str(" token=");
-            line.push_str(r.token);
-            line.push_str(" pii=");
-            line.push_str(r.pii);
-            line.push_str(" request_id=");
-            push_text(line, r.request_id);
-            line.push('\n');
+            write_fields(line, r, [status, latency, queue], &TEXT_FRAME, Escape::Text);
         }
         Format::Json => {
             line.push_str("{\"timestamp\":\"");
             let _ = write_timestamp(line, now);
-            line.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"");
-            line.push_str(r.method);
-            line.push_str("\",\"path\":\"");
-            push_json(line, r.path);
-            line.push_str("\",\"seller\":\"");
-            line.push_str(r.seller);
-            line.push_str("\",\"op\":\"");
-            line.push_str(r.op);
-            line.push_str("\",\"status\":");
-            line.push_str(status);
-            line.push_str(",\"latency_ms\":");
-            line.push_str(latency);
-            line.push_str(",\"queue_ms\":");
-            line.push_str(queue);
-            line.push_str(",\"token\":\"");
-            line.push_str(r.token);
-            line.push_str("\",\"pii\":\"");
-            line.push_str(r.pii);
-            line.push_str("\",\"request_id\":\"");
-            push_json(line, r.request_id);
-            line.push_str("\",\"target\":\"spapi_proxy::proxy\"}\n");
+            write_fields(line, r, [status, latency, queue], &JSON_FRAME, Escape::Json);
         }
     }
+}
+
+/// The fixed text before each field of the request line (and after the last), per format.
+struct Frame {
+    method: &'static str,
+    path: &'static str,
+    seller: &'static str,
+    op: &'static str,
+    status: &'static str,
+    latency: &'static str,
+    queue: &'static str,
+    token: &'static str,
+    pii: &'static str,
+    request_id: &'static str,
+    end: &'static str,
+}
+
+/// `... INFO spapi_proxy::proxy: request method=GET path=...`
+const TEXT_FRAME: Frame = Frame {
+    method: "  INFO spapi_proxy::proxy: request method=",
+    path: " path=",
+    seller: " seller=",
+    op: " op=",
+    status: " status=",
+    latency: " latency_ms=",
+    queue: " queue_ms=",
+    token: " token=",
+    pii: " pii=",
+    request_id: " request_id=",
+    end: "\n",
+};
+
+/// `{"timestamp":"...","level":"INFO","message":"request","method":"GET",...}`
+const JSON_FRAME: Frame = Frame {
+    method: "\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"",
+    path: "\",\"path\":\"",
+    seller: "\",\"seller\":\"",
+    op: "\",\"op\":\"",
+    status: "\",\"status\":",
+    latency: ",\"latency_ms\":",
+    queue: ",\"queue_ms\":",
+    token: ",\"token\":\"",
+    pii: "\",\"pii\":\"",
+    request_id: "\",\"request_id\":\"",
+    end: "\",\"target\":\"spapi_proxy::proxy\"}\n",
+};
+
+/// The request line's fields in `frame`, after its timestamp. Inlined with a constant frame,
+/// so that each piece of fixed text is copied as a literal.
+#[inline(always)]
+fn write_fields(
+    line: &mut String,
+    r: &RequestLine<'_>,
+    [status, latency, queue]: [&str; 3],
+    frame: &Frame,
+    escape: Escape,
+) {
+    line.push_str(frame.method);
+    line.push_str(r.method);
+    line.push_str(frame.path);
+    escape.push(line, r.path);
+    line.push_str(frame.seller);
+    line.push_str(r.seller);
+    line.push_str(frame.op);
+    line.push_str(r.op);
+    line.push_str(frame.status);
+    line.push_str(status);
+    line.push_str(frame.latency);
+    line.push_str(latency);
+    line.push_str(frame.queue);
+    line.push_str(queue);
+    line.push_str(frame.token);
+    line.push_str(r.token);
+    line.push_str(frame.pii);
+    line.push_str(r.pii);
+    line.push_str(frame.request_id);
+    escape.push(line, r.request_id);
+    line.push_str(frame.end);
 }
 
 /// The most of a path (or any client-given text) one log line carries.
