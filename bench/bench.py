@@ -26,8 +26,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("SPAPI_BENCH_BIN") or os.path.join(ROOT, "target", "release", "spapi-proxy")
-# examples/hyper_floor.rs: a minimal hyper proxy doing the same header work, the floor.
-FLOOR_BIN = os.environ.get("SPAPI_BENCH_FLOOR_BIN") or os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
+# bench/floor: a minimal hyper proxy doing the same header work, the floor.
+FLOOR_BIN = os.environ.get("SPAPI_BENCH_FLOOR_BIN") or os.path.join(ROOT, "target", "release", "hyper-floor")
 ORDERS = "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER"
 ADDRESS = "/orders/v0/orders/902-3159896-1390916/address"
 BODY = '{"payload":{"Orders":[{"AmazonOrderId":"902-3159896-1390916","OrderStatus":"Unshipped"}],"CreatedBefore":"2026-11-23T12:00:00Z"}}'
@@ -187,10 +187,9 @@ http {{
                 p.wait()
 
     def cleanup(self):
+        # SIGTERM first: an nginx master killed outright leaves its worker behind, busy.
         for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            self.stop(p)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- measurements ----------------------------------------------------------------------
@@ -386,7 +385,7 @@ def main():
             report.append(
                 f"\ninstructions per request (callgrind, {args.requests} keep-alive requests after {args.warmup}):\n"
                 f"  nginx proxy_pass                {nginx_ir:>9,.0f}\n"
-                f"  hyper floor (examples/)        {floor_ir:>9,.0f}   ({floor_ir / nginx_ir:.2f}x nginx)\n"
+                f"  hyper floor (bench/floor)      {floor_ir:>9,.0f}   ({floor_ir / nginx_ir:.2f}x nginx)\n"
                 f"  spapi-proxy (default log level) {proxy_ir:>9,.0f}   ({proxy_ir / nginx_ir:.2f}x nginx)\n"
                 f"  spapi-proxy, RUST_LOG=warn      {warn_ir:>9,.0f}   ({warn_ir / nginx_ir:.2f}x nginx)"
             )

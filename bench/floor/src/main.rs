@@ -3,9 +3,9 @@
 //! (HTTP/1 `conn::http1` on both sides, a stack of idle upstream connections, current_thread,
 //! mimalloc, writev off), and nothing else: no matching, limits, tokens, metrics or log line.
 //!
-//! `cargo build --release --example hyper_floor`; `bench/run` starts it with `SPAPI_LISTEN`
-//! and `SPAPI_ENDPOINT` (an `http://host:port` upstream) and reports its instructions per
-//! request next to spapi-proxy's.
+//! `cargo build --release -p hyper-floor`; `bench/run` starts it with `SPAPI_LISTEN` and
+//! `SPAPI_ENDPOINT` (an `http://host:port` upstream) and reports its instructions per request
+//! next to spapi-proxy's.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
