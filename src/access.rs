@@ -103,12 +103,7 @@ impl Access {
 
     /// The `Host` header (and an absolute-form target's authority) must name this proxy, never
     /// a domain a web page controls: a DNS-rebinding page always sends its own domain name.
-    pub fn check_host(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        self.check_host_of(&Seen::read(headers))
-    }
-
-    /// [`Access::check_host`] on headers already read.
-    pub fn check_host_of(&self, seen: &Seen<'_>) -> Result<(), ProxyError> {
+    pub fn check_host(&self, seen: &Seen<'_>) -> Result<(), ProxyError> {
         let Some(host) = seen.host else {
             // HTTP/1.0 clients may send none; browsers always do.
             return Ok(());
@@ -155,12 +150,7 @@ impl Access {
     /// Browsers: a request from a page of another site is refused unless its `Origin` is in
     /// `allowed_origins`. `Sec-Fetch-Site` catches the requests that carry no `Origin` (a
     /// cross-site GET, a form POST in some browsers).
-    pub fn check_browser(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
-        self.check_browser_of(&Seen::read(headers))
-    }
-
-    /// [`Access::check_browser`] on headers already read.
-    pub fn check_browser_of(&self, seen: &Seen<'_>) -> Result<Option<HeaderValue>, ProxyError> {
+    pub fn check_browser(&self, seen: &Seen<'_>) -> Result<Option<HeaderValue>, ProxyError> {
         let Seen {
             host,
             origin,
@@ -326,16 +316,16 @@ mod tests {
         let narrow = access("");
         let internal = headers(&[("host", "proxy.internal:8080")]);
         for _ in 0..2 {
-            assert!(wide.check_host(&internal).is_ok());
+            assert!(wide.check_host(&Seen::read(&internal)).is_ok());
             assert!(
-                narrow.check_host(&internal).is_err(),
+                narrow.check_host(&Seen::read(&internal)).is_err(),
                 "another policy's memo"
             );
         }
         assert!(wide
-            .check_host(&headers(&[("host", "evil.example")]))
+            .check_host(&Seen::read(&headers(&[("host", "evil.example")])))
             .is_err());
-        assert!(wide.check_host(&internal).is_ok());
+        assert!(wide.check_host(&Seen::read(&internal)).is_ok());
     }
 
     #[test]
@@ -401,11 +391,15 @@ mod tests {
             ),
         ];
         for (name, pairs, ok) in cases {
-            assert_eq!(a.check_browser(&headers(&pairs)).is_ok(), ok, "{name}");
+            assert_eq!(
+                a.check_browser(&Seen::read(&headers(&pairs))).is_ok(),
+                ok,
+                "{name}"
+            );
         }
         let none = access("");
         assert!(none
-            .check_browser(&headers(&[("origin", "https://tool.example")]))
+            .check_browser(&Seen::read(&headers(&[("origin", "https://tool.example")])))
             .is_err());
     }
 

@@ -106,6 +106,26 @@ fn decide_sink() -> RequestSink {
     }
 }
 
+/// The request line as a `tracing` event (another subscriber, or debug level, where the line
+/// carries its span); [`write_request`] writes the same bytes without it.
+pub fn trace_request(r: &RequestLine<'_>) {
+    tracing::info!(
+        target: REQUEST_TARGET,
+        // A `str`, not a format string: recorded without the formatting machinery.
+        message = "request",
+        method = r.method,
+        path = r.path,
+        seller = r.seller,
+        op = r.op,
+        status = r.status,
+        latency_ms = r.latency_ms,
+        queue_ms = r.queue_ms,
+        token = r.token,
+        pii = r.pii,
+        request_id = r.request_id,
+    );
+}
+
 /// Writes the request line straight to stderr in `format`: the same bytes the subscriber
 /// writes for the `tracing` event, without the event's dispatch (callsite, field visitor, the
 /// subscriber's layers).
@@ -752,22 +772,7 @@ mod tests {
         };
         for r in cases {
             for format in [Format::Text, Format::Json] {
-                let via_tracing = through_subscriber(format, || {
-                    tracing::info!(
-                        target: "spapi_proxy::proxy",
-                        message = "request",
-                        method = r.method,
-                        path = r.path,
-                        seller = r.seller,
-                        op = r.op,
-                        status = r.status,
-                        latency_ms = r.latency_ms,
-                        queue_ms = r.queue_ms,
-                        token = r.token,
-                        pii = r.pii,
-                        request_id = r.request_id,
-                    );
-                });
+                let via_tracing = through_subscriber(format, || trace_request(&r));
                 let mut direct = String::new();
                 format_request(format, &r, SystemTime::now(), &mut direct);
                 assert_eq!(

@@ -400,20 +400,7 @@ impl Proxy {
         if let crate::logging::RequestSink::Direct(format) = sink {
             crate::logging::write_request(format, &line);
         } else {
-            tracing::info!(
-                // A `str`, not a format string: recorded without the formatting machinery.
-                message = "request",
-                method = line.method,
-                path = line.path,
-                seller = line.seller,
-                op = line.op,
-                status = line.status,
-                latency_ms = line.latency_ms,
-                queue_ms = line.queue_ms,
-                token = line.token,
-                pii = line.pii,
-                request_id = line.request_id,
-            );
+            crate::logging::trace_request(&line);
         }
         response
     }
@@ -433,13 +420,13 @@ impl Proxy {
         target::check(req.method(), req.uri(), |a| access.authority_allowed(a))?;
         let headers = req.headers();
         let seen = access::Seen::read(headers);
-        access.check_host_of(&seen)?;
+        access.check_host(&seen)?;
         // Amazon's redirect back after onboarding's consent page: a navigation from another
         // site, without a key. Only a state this proxy issued lets it do anything.
         if path == admin::OAUTH_CALLBACK && req.method() == Method::GET {
             return Ok(Admitted::Key(None));
         }
-        *cors_origin = access.check_browser_of(&seen)?;
+        *cors_origin = access.check_browser(&seen)?;
         if let Some(origin) = cors_origin.clone() {
             if access::is_preflight(req.method(), headers) {
                 *cors_origin = None;
