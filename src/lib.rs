@@ -72,3 +72,15 @@ pub mod sim;
 pub mod status_page;
 pub mod target;
 pub mod transcode;
+
+/// `Box::pin(future)` without the copy: `Box::pin` builds the future on the stack and copies
+/// all of it, every state's room included, into the box (the request's future is several KiB:
+/// about 500 instructions per request, measured); written into an uninitialised box, only its
+/// few initial fields are stored. A macro, because passing the future to a function copies it
+/// just the same, even inlined (measured).
+macro_rules! boxed {
+    ($future:expr) => {
+        Box::into_pin(Box::write(Box::new_uninit(), $future))
+    };
+}
+pub(crate) use boxed;

@@ -182,7 +182,7 @@ async fn serve_connection(
         async move {
             // Boxed: hyper keeps room for one request's future in every connection, idle or
             // not, and this one is several KiB; boxed, an idle connection holds a pointer.
-            let response = Box::pin(proxy.handle(req)).await;
+            let response = crate::boxed!(proxy.handle(req)).await;
             let (parts, body) = response.into_parts();
             let body = InFlight {
                 body,

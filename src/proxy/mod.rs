@@ -310,10 +310,10 @@ impl Proxy {
             // Boxed: the request path's future holds room for every branch's state, and it is
             // moved whole; the own endpoints' large states stay out of it.
             Ok(Admitted::Key(key)) if own && documents::handles(path) => {
-                Box::pin(self.documents(&state, req, key).instrument(span)).await
+                crate::boxed!(self.documents(&state, req, key).instrument(span)).await
             }
             Ok(Admitted::Key(key)) if own => {
-                Box::pin(self.own_endpoint(&state, &req, key).instrument(span)).await
+                crate::boxed!(self.own_endpoint(&state, &req, key).instrument(span)).await
             }
             Ok(Admitted::Key(key)) => match prefixed {
                 Some(Err(e)) => Err(e),
@@ -555,20 +555,20 @@ impl Proxy {
         let auth = &state.auth;
         let mut chosen = match auth.cached(ctx.seller, &plan) {
             Some(chosen) => chosen,
-            None => Box::pin(auth.token(ctx.seller, &plan, restricted)).await?,
+            None => crate::boxed!(auth.token(ctx.seller, &plan, restricted)).await?,
         };
         facts.token = chosen.source.kind();
 
         // 7. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
         let mut queued = Duration::ZERO;
         if ctx.limiting {
-            queued = Box::pin(self.limiter.acquire(&ctx.key, op, remaining(deadline))).await?;
+            queued = crate::boxed!(self.limiter.acquire(&ctx.key, op, remaining(deadline))).await?;
             facts.queued = queued;
             metrics::metrics().queued(op, queued);
             if !queued.is_zero() {
                 // A long wait may have aged the token: ask again (a cache hit unless it was
                 // refreshed meanwhile).
-                chosen = Box::pin(auth.token(ctx.seller, &plan, restricted)).await?;
+                chosen = crate::boxed!(auth.token(ctx.seller, &plan, restricted)).await?;
             }
         }
 
@@ -580,7 +580,7 @@ impl Proxy {
             .await;
         let (mut upstream, sent) = self.sent(&ctx, &body, answer, at)?;
         if ctx.limiting {
-            Box::pin(self.observe_rate(&ctx, &upstream)).await;
+            crate::boxed!(self.observe_rate(&ctx, &upstream)).await;
         }
         facts.answered = Some(sent.answered);
 
@@ -602,7 +602,7 @@ impl Proxy {
                 deadline,
                 path,
             };
-            Box::pin(self.settle(
+            crate::boxed!(self.settle(
                 again,
                 &mut body,
                 &mut upstream,
