@@ -143,8 +143,6 @@ pub struct Metrics {
     /// looking a series up in its family hashes the labels under a lock on every request.
     upstream_by_op: Box<[OnceLock<Histogram>]>,
     queue_wait_by_op: Box<[OnceLock<Histogram>]>,
-    /// The cache-hit series of each token kind, likewise.
-    cache_hits_by_kind: [(&'static str, Counter); 3],
     /// The request series seen so far, hashed with foldhash: the family's own map hashes its
     /// labels with SipHash under a lock on every request.
     requests_seen: std::sync::Mutex<
@@ -177,18 +175,12 @@ impl Metrics {
             registry: Registry::default(),
             upstream_by_op: per_operation(),
             queue_wait_by_op: per_operation(),
-            cache_hits_by_kind: Default::default(),
             requests_seen: Default::default(),
         };
-        let mut m = m;
-        m.cache_hits_by_kind = ["lwa", "rdt", "grantless"].map(|kind| {
-            (
-                kind,
-                m.token_cache_hits
-                    .get_or_create(&KindLabels { kind })
-                    .clone(),
-            )
-        });
+        // Each kind's series exists from the start, at zero.
+        for kind in ["lwa", "rdt", "grantless"] {
+            drop(m.token_cache_hits.get_or_create(&KindLabels { kind }));
+        }
         registry.register(
             "requests",
             "Requests answered, by seller, API, operation and status class",
@@ -344,18 +336,12 @@ impl Metrics {
         series(&self.upstream_seconds, &self.upstream_by_op, op).observe(took.as_secs_f64());
     }
 
-    /// Counts a token served from a cache.
-    pub fn cache_hit(&self, kind: &'static str) {
-        match self.cache_hits_by_kind.iter().find(|(k, _)| *k == kind) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
-            None => {
-                self.token_cache_hits
-                    .get_or_create(&KindLabels { kind })
-                    .inc();
-            }
-        }
+    /// The counter of tokens of `kind` served from a cache, for a cache to keep and count
+    /// with (an atomic add per hit, no lookup).
+    pub fn cache_hits(&self, kind: &'static str) -> Counter {
+        self.token_cache_hits
+            .get_or_create(&KindLabels { kind })
+            .clone()
     }
 
     /// Counts a failed token call.

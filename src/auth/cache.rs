@@ -119,8 +119,8 @@ pub type Fetch = Arc<dyn Fn() -> BoxFuture<'static, Result<FreshToken, TokenErro
 struct Inner {
     /// What the token is for, for logs (never a secret).
     label: String,
-    /// `lwa`, `grantless` or `rdt`, for metrics.
-    kind: &'static str,
+    /// Its kind's cache-hit counter (`lwa`, `grantless` or `rdt`), resolved once.
+    hits: prometheus_client::metrics::counter::Counter,
     fetch: Fetch,
     /// Where replicas share this token, if they do.
     shared: Option<Shared>,
@@ -156,13 +156,13 @@ impl TokenCache {
     pub fn with_store(label: String, fetch: Fetch, shared: Option<Shared>) -> Self {
         TokenCache {
             inner: Arc::new(Inner {
-                kind: if label.starts_with("rdt") {
+                hits: crate::metrics::metrics().cache_hits(if label.starts_with("rdt") {
                     "rdt"
                 } else if label.contains("client_credentials") {
                     "grantless"
                 } else {
                     "lwa"
-                },
+                }),
                 label,
                 fetch,
                 shared,
@@ -198,7 +198,7 @@ impl TokenCache {
     /// in the background).
     pub fn cached(&self) -> Option<Token> {
         let token = self.usable(&self.lock_state())?;
-        crate::metrics::metrics().cache_hit(self.inner.kind);
+        self.inner.hits.inc();
         Some(token)
     }
 

@@ -275,9 +275,21 @@ pub struct RdtCache {
     minter: Arc<Minter>,
     /// Where replicas share RDTs, and the seller's part of their names.
     shared: Option<SharedRdts>,
+    entries: Mutex<Entries>,
+}
+
+/// The caches by resource, and the last one a request found.
+#[derive(Debug, Default)]
+struct Entries {
     /// Looked up on every restricted request: foldhash (seeded per process) instead of SipHash,
     /// which cost about 700 instructions per lookup.
-    entries: Mutex<HashMap<RdtResource, TokenCache, foldhash::quality::RandomState>>,
+    map: HashMap<RdtResource, TokenCache, foldhash::quality::RandomState>,
+    /// The resource of the last lookup, by identity: an operation whose resource does not
+    /// depend on the path (getOrders) shares one resource between its requests, so they are
+    /// answered by a pointer comparison instead of a hash lookup comparing the strings (200
+    /// instructions per request). Held here, the resource cannot be freed and its address
+    /// reused; the cache it names is the map's own (cleared whenever the map drops entries).
+    last: Option<(Arc<RdtResource>, TokenCache)>,
 }
 
 /// Past this many cached resources (specific paths accumulate), expired entries are dropped.
@@ -301,17 +313,22 @@ impl RdtCache {
         RdtCache {
             minter: Arc::new(minter),
             shared,
-            entries: Mutex::new(HashMap::default()),
+            entries: Mutex::default(),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn entry(&self, resource: &RdtResource) -> TokenCache {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = entries.get(resource) {
+        let mut entries = self.lock();
+        if let Some(c) = entries.map.get(resource) {
             return c.clone();
         }
-        if entries.len() >= PRUNE_ABOVE {
-            entries.retain(|_, c| c.has_token());
+        if entries.map.len() >= PRUNE_ABOVE {
+            entries.map.retain(|_, c| c.has_token());
+            entries.last = None;
         }
         let minter = Arc::clone(&self.minter);
         let key = Arc::new(resource.clone());
@@ -337,7 +354,7 @@ impl RdtCache {
             }),
             shared,
         );
-        entries.insert(resource.clone(), cache.clone());
+        entries.map.insert(resource.clone(), cache.clone());
         cache
     }
 
@@ -347,14 +364,17 @@ impl RdtCache {
     }
 
     /// The cached RDT for `resource`, if one is usable now (see [`TokenCache::cached`]).
-    pub fn cached(&self, resource: &RdtResource) -> Option<Token> {
-        let entry = self
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(resource)
-            .cloned()?;
-        entry.cached()
+    pub fn cached(&self, resource: &Arc<RdtResource>) -> Option<Token> {
+        let mut entries = self.lock();
+        if let Some((last, cache)) = &entries.last {
+            if Arc::ptr_eq(last, resource) {
+                return cache.cached();
+            }
+        }
+        let cache = entries.map.get(&**resource)?.clone();
+        let token = cache.cached();
+        entries.last = Some((Arc::clone(resource), cache));
+        token
     }
 
     /// Amazon rejected `used` for `resource`: forget it.
