@@ -112,7 +112,10 @@ pub fn from_query(query: Option<&str>) -> Result<Option<Region>, ProxyError> {
         if !QUERY_NAMES.iter().any(|n| n.as_bytes() == name) {
             continue;
         }
-        let noted = if value.iter().any(|&b| b == b'%' || b == b'+') {
+        let noted = if !value.iter().any(|&b| matches!(b, b'%' | b'+' | b',')) {
+            // One id as it is: the usual query, in one look at its bytes.
+            note(value)
+        } else if value.iter().any(|&b| b == b'%' || b == b'+') {
             let decoded = form_urlencoded::parse(pair)
                 .next()
                 .map_or_else(Default::default, |(_, v)| v);
