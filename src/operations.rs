@@ -191,11 +191,18 @@ impl Router {
         };
         // Compared by their first eight bytes as one number, and byte by byte only when
         // those are equal: the same order, without a call to compare slices at every step.
+        // Equal numbers of two segments of at most eight bytes leave only their lengths to
+        // compare (a path holds no zero byte).
         let key = prefix_key(first);
-        if let Ok(i) = n
-            .literals
-            .binary_search_by(|(s, _, k)| k.cmp(&key).then_with(|| s.as_bytes().cmp(first)))
-        {
+        if let Ok(i) = n.literals.binary_search_by(|(s, _, k)| {
+            k.cmp(&key).then_with(|| {
+                if s.len() <= 8 && first.len() <= 8 {
+                    s.len().cmp(&first.len())
+                } else {
+                    s.as_bytes().cmp(first)
+                }
+            })
+        }) {
             if let Some(op) = self.find(n.literals[i].1 as usize, segs.clone()) {
                 return Some(op);
             }

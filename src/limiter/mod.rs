@@ -286,6 +286,9 @@ fn refuse(wait: Duration, reason: String) -> ProxyError {
 /// Every bucket, created on first use.
 pub struct Limiter {
     settings: ArcSwap<Settings>,
+    /// `settings.enabled`, read on every request: an atomic load, not an `ArcSwap` guard (70
+    /// instructions).
+    enabled: std::sync::atomic::AtomicBool,
     store: Arc<dyn BucketStore>,
     /// Looked up on every request with limiting on: foldhash, not SipHash, for the string key.
     buckets: Mutex<HashMap<BucketKey, Arc<Bucket>, foldhash::quality::RandomState>>,
@@ -308,6 +311,7 @@ impl Limiter {
     /// Buckets shaped by `settings`, kept in `store`.
     pub fn with_store(settings: Settings, store: Arc<dyn BucketStore>) -> Limiter {
         Limiter {
+            enabled: std::sync::atomic::AtomicBool::new(settings.enabled),
             settings: ArcSwap::from_pointee(settings),
             store,
             buckets: Mutex::new(HashMap::default()),
@@ -316,7 +320,7 @@ impl Limiter {
 
     /// Whether local limiting is on (`rate_limit`).
     pub fn enabled(&self) -> bool {
-        self.settings.load().enabled
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Applies reloaded settings: a bucket whose configured shape changed is rebuilt with it,
@@ -332,6 +336,8 @@ impl Limiter {
                 quota == b.configured
             });
         }
+        self.enabled
+            .store(settings.enabled, std::sync::atomic::Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
     }
 
