@@ -277,10 +277,10 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let state = self.state.load_full();
-        let method = req.method().clone();
-        // A clone shares the target's bytes (no copy), and outlives `req`, which moves on.
-        let uri = req.uri().clone();
-        let full_path = uri.path();
+        // The head stays here, lent to each step; only the body moves on.
+        let (parts, body) = req.into_parts();
+        let method = &parts.method;
+        let full_path = parts.uri.path();
         let own = full_path.starts_with("/_proxy/");
         // `/_seller/NAME/...` names the seller for tools that cannot set headers; what follows
         // the prefix is what is matched and forwarded.
@@ -292,7 +292,7 @@ impl Proxy {
         let op = if own {
             None
         } else {
-            self.catalog.find(&method, path)
+            self.catalog.find(method, path)
         };
         // Everything logged while the request runs (token fetches, mints, waits) carries these
         // at debug level; at info the span costs nothing, and the summary line below says it.
@@ -304,16 +304,16 @@ impl Proxy {
         );
         let mut cors_origin = None;
         let mut facts = Facts::new(started);
-        let result = match self.admit(&state, &req, path, &mut cors_origin) {
+        let result = match self.admit(&state, &parts, path, &mut cors_origin) {
             Err(e) => Err(e),
             Ok(Admitted::Preflight(preflight)) => Ok(preflight),
             // Boxed: the request path's future holds room for every branch's state, and it is
             // moved whole; the own endpoints' large states stay out of it.
             Ok(Admitted::Key(key)) if own && documents::handles(path) => {
-                crate::boxed!(self.documents(&state, req, key).instrument(span)).await
+                crate::boxed!(self.documents(&state, &parts, body, key).instrument(span)).await
             }
             Ok(Admitted::Key(key)) if own => {
-                crate::boxed!(self.own_endpoint(&state, &req, key).instrument(span)).await
+                crate::boxed!(self.own_endpoint(&state, &parts, key).instrument(span)).await
             }
             Ok(Admitted::Key(key)) => match prefixed {
                 Some(Err(e)) => Err(e),
@@ -321,15 +321,31 @@ impl Proxy {
                     let seller = prefixed
                         .and_then(Result::ok)
                         .map(|(name, _)| name.to_string());
-                    let req = req.map(Inbound::Client);
                     // Below debug the span is disabled: not wrapping the future saves moving
                     // it into the wrapper.
                     if span.is_disabled() {
-                        self.proxy(&state, req, op, seller, key, &mut facts).await
+                        self.proxy(
+                            &state,
+                            &parts,
+                            Inbound::Client(body),
+                            op,
+                            seller,
+                            key,
+                            &mut facts,
+                        )
+                        .await
                     } else {
-                        self.proxy(&state, req, op, seller, key, &mut facts)
-                            .instrument(span)
-                            .await
+                        self.proxy(
+                            &state,
+                            &parts,
+                            Inbound::Client(body),
+                            op,
+                            seller,
+                            key,
+                            &mut facts,
+                        )
+                        .instrument(span)
+                        .await
                     }
                 }
             },
@@ -412,23 +428,23 @@ impl Proxy {
     fn admit<'s>(
         &self,
         state: &'s State,
-        req: &Request<Incoming>,
+        req: &http::request::Parts,
         path: &str,
         cors_origin: &mut Option<http::HeaderValue>,
     ) -> Result<Admitted<'s>, ProxyError> {
         let access = &state.access;
-        target::check(req.method(), req.uri(), |a| access.authority_allowed(a))?;
-        let headers = req.headers();
+        target::check(&req.method, &req.uri, |a| access.authority_allowed(a))?;
+        let headers = &req.headers;
         let seen = access::Seen::read(headers);
         access.check_host(&seen)?;
         // Amazon's redirect back after onboarding's consent page: a navigation from another
         // site, without a key. Only a state this proxy issued lets it do anything.
-        if path == admin::OAUTH_CALLBACK && req.method() == Method::GET {
+        if path == admin::OAUTH_CALLBACK && req.method == Method::GET {
             return Ok(Admitted::Key(None));
         }
         *cors_origin = access.check_browser(&seen)?;
         if let Some(origin) = cors_origin.clone() {
-            if access::is_preflight(req.method(), headers) {
+            if access::is_preflight(&req.method, headers) {
                 *cors_origin = None;
                 return Ok(Admitted::Preflight(access.preflight(origin)));
             }
@@ -440,17 +456,22 @@ impl Proxy {
         Ok(Admitted::Key(access.check_key(headers)?))
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request's head (lent by `handle`, which logs it) and body, and what \
+                  `handle` found out, passed once"
+    )]
     async fn proxy(
         &self,
         state: &State,
-        req: Request<Inbound>,
+        parts: &http::request::Parts,
+        body: Inbound,
         op: Option<&'static Operation>,
         prefix_seller: Option<String>,
         inbound: Option<&InboundKey>,
         facts: &mut Facts,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let config = &state.config;
-        let (parts, body) = req.into_parts();
         // 0. Unknown requests: refuse, or forward under the shared default limit.
         if op.is_none() {
             self.unknown_request(config, &parts.method, parts.uri.path())?;
@@ -576,7 +597,7 @@ impl Proxy {
         //    itself, not a future around it).
         let at = Instant::now();
         let answer = self
-            .start_send(&ctx, &parts, &target, &mut body, &chosen.token, at)
+            .start_send(&ctx, parts, &target, &mut body, &chosen.token, at)
             .await;
         let (mut upstream, sent) = self.sent(&ctx, &body, answer, at)?;
         if ctx.limiting {
@@ -595,7 +616,7 @@ impl Proxy {
                 ctx: &ctx,
                 auth,
                 config,
-                parts: &parts,
+                parts,
                 target: &target,
                 plan: &plan,
                 restricted,

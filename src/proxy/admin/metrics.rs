@@ -1,8 +1,7 @@
 //! `GET /_proxy/metrics`: Prometheus metrics, in the classic text format unless the scraper asks
 //! for OpenMetrics; a limited key sees only its sellers' series.
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
 
 use super::Viewer;
 use crate::body::{full, ProxyBody};
@@ -12,7 +11,7 @@ use crate::proxy::{no_seller, Proxy};
 
 pub(super) fn answer(
     proxy: &Proxy,
-    req: &Request<Incoming>,
+    req: &http::request::Parts,
     viewer: Viewer<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let m = metrics::metrics();
@@ -45,7 +44,7 @@ pub(super) fn answer(
         }
     }
     let openmetrics = metrics::wants_openmetrics(
-        req.headers()
+        req.headers
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok()),
     );

@@ -11,13 +11,12 @@ mod reload;
 mod status;
 mod tokens;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 
 pub(crate) use oauth::OAuthStates;
 
 /// Amazon's redirect back from the consent page: reachable without a key.
 pub(crate) const OAUTH_CALLBACK: &str = "/_proxy/oauth/callback";
-use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
 use crate::config::InboundKey;
@@ -28,11 +27,11 @@ impl Proxy {
     pub(super) async fn own_endpoint(
         &self,
         state: &State,
-        req: &Request<Incoming>,
+        req: &http::request::Parts,
         key: Option<&InboundKey>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let method = req.method();
-        let path = req.uri().path();
+        let method = &req.method;
+        let path = req.uri.path();
         let viewer = Viewer::of(key);
         match (method, path) {
             (&Method::GET, "/_proxy/health") => Ok(json_response(
@@ -45,31 +44,29 @@ impl Proxy {
             }
             (&Method::GET, "/_proxy/") => page::answer(self, state, viewer),
             (&Method::GET, "/_proxy/metrics") => metrics::answer(self, req, viewer),
-            (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri().query(), viewer).await,
+            (&Method::GET, "/_proxy/ready") => self.ready(state, req.uri.query(), viewer).await,
             (&Method::POST, "/_proxy/reload") => reload::answer(self, key),
             (&Method::GET, "/_proxy/oauth/start") => {
                 let json = req
-                    .headers()
+                    .headers
                     .get(http::header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|a| a.contains("application/json"));
-                self.oauth_start(state, req.uri().query(), json, viewer)
+                self.oauth_start(state, req.uri.query(), json, viewer)
             }
-            (&Method::GET, OAUTH_CALLBACK) => {
-                Ok(self.oauth_callback(state, req.uri().query()).await)
-            }
+            (&Method::GET, OAUTH_CALLBACK) => Ok(self.oauth_callback(state, req.uri.query()).await),
             (&Method::POST, "/_proxy/sellers/revoke") => {
                 // The status page's form: answered with a redirect back to it.
                 let from_page = req
-                    .headers()
+                    .headers
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-                self.sellers_revoke(state, req.uri().query(), from_page, viewer)
+                self.sellers_revoke(state, req.uri.query(), from_page, viewer)
                     .await
             }
             (&Method::POST, "/_proxy/tokens/refresh") => {
-                self.tokens_refresh(state, req.uri().query(), key).await
+                self.tokens_refresh(state, req.uri.query(), key).await
             }
             _ => Err(ProxyError::NoEndpoint(format!(
                 "{method} {}",

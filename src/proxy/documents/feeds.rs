@@ -1,7 +1,7 @@
 //! `POST /_proxy/feeds?feedType=...&marketplaceIds=...` and `GET /_proxy/feeds/{feedId}/result`.
 
 use futures_util::StreamExt;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::json;
@@ -27,7 +27,8 @@ fn reason(status: &str) -> &'static str {
 /// type), createFeed; answers 202 with the feedId, as createFeed does.
 pub(super) async fn submit(
     flow: &Flow<'_>,
-    req: Request<Incoming>,
+    headers: &http::HeaderMap,
+    body: Incoming,
 ) -> Result<Response<ProxyBody>, Stop> {
     let feed_type = flow
         .param("feedType")
@@ -50,8 +51,7 @@ pub(super) async fn submit(
         )
         .into());
     }
-    let content_type = req
-        .headers()
+    let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
@@ -62,8 +62,7 @@ pub(super) async fn submit(
                     .into(),
             )
         })?;
-    let length: u64 = req
-        .headers()
+    let length: u64 = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
@@ -95,7 +94,7 @@ pub(super) async fn submit(
 
     // 2. The upload: exactly the content type given, the client's length, the body streamed;
     //    nothing of SP-API's.
-    let frames = BodyStream::new(req.into_body()).filter_map(|frame| async move {
+    let frames = BodyStream::new(body).filter_map(|frame| async move {
         match frame {
             Ok(f) => f.into_data().ok().map(Ok::<_, hyper::Error>),
             Err(e) => Some(Err(e)),

@@ -78,19 +78,20 @@ impl Proxy {
     pub(super) async fn documents(
         &self,
         state: &State,
-        req: Request<Incoming>,
+        req: &http::request::Parts,
+        body: Incoming,
         key: Option<&InboundKey>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
-        let flow = Flow::new(self, state, key, req.headers(), req.uri().query())?;
+        let path = req.uri.path().to_string();
+        let method = req.method.clone();
+        let flow = Flow::new(self, state, key, &req.headers, req.uri.query())?;
         let segments: Vec<&str> = path["/_proxy/".len()..].split('/').collect();
         let answer = match (&method, segments.as_slice()) {
             (&Method::GET, ["reports", id, "document"]) => {
                 reports::report_document(&flow, valid_id(id)?).await
             }
             (&Method::GET, ["documents", id]) => reports::document(&flow, valid_id(id)?).await,
-            (&Method::POST, ["feeds"]) => feeds::submit(&flow, req).await,
+            (&Method::POST, ["feeds"]) => feeds::submit(&flow, &req.headers, body).await,
             (&Method::GET, ["feeds", id, "result"]) => feeds::result(&flow, valid_id(id)?).await,
             _ => {
                 return Err(ProxyError::NoEndpoint(format!(
@@ -262,9 +263,10 @@ impl<'a> Flow<'a> {
             .map_err(|e| ProxyError::Internal(format!("an SP-API call of the proxy's: {e}")))?;
         let op = self.proxy.catalog.find(req.method(), req.uri().path());
         let mut facts = Facts::new(std::time::Instant::now());
+        let (head, body) = req.into_parts();
         let resp = self
             .proxy
-            .proxy(self.state, req, op, None, self.key, &mut facts)
+            .proxy(self.state, &head, body, op, None, self.key, &mut facts)
             .await?;
         let (parts, mut body) = resp.into_parts();
         let mut held = bytes::BytesMut::new();
