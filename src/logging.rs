@@ -35,7 +35,7 @@ pub fn init(format: Format) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(stderr_in_order)
         .with_ansi(false);
     match format {
         Format::Text => builder.event_format(LeanText).init(),
@@ -129,19 +129,54 @@ pub fn trace_request(r: &RequestLine<'_>) {
 /// Writes the request line straight to stderr in `format`: the same bytes the subscriber
 /// writes for the `tracing` event, without the event's dispatch (callsite, field visitor, the
 /// subscriber's layers).
+///
+/// Lines are gathered per thread and written together (see [`flush`]): when the runtime's
+/// thread is about to wait for work, before any other event of the thread is written (so a
+/// thread's lines stay in order), and whenever [`PENDING_LIMIT`] bytes are waiting. Under load
+/// a loop iteration answers many requests and writes their lines in one call, as nginx's
+/// `access_log ... buffer=` does, instead of a `write` per request.
 pub fn write_request(format: Format, r: &RequestLine<'_>) {
-    LINE.with(|line| {
-        let mut owned = String::new();
-        let mut borrowed = line.try_borrow_mut();
-        let line: &mut String = match &mut borrowed {
-            Ok(l) => l,
-            Err(_) => &mut owned,
-        };
-        line.clear();
-        format_request(format, r, SystemTime::now(), line);
-        use std::io::Write as _;
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    PENDING.with(|pending| match pending.try_borrow_mut() {
+        Ok(mut lines) => {
+            format_request(format, r, SystemTime::now(), &mut lines);
+            if lines.len() >= PENDING_LIMIT {
+                write_out(&mut lines);
+            }
+        }
+        // Only if formatting re-entered this (it does not): the line goes out alone.
+        Err(_) => {
+            let mut line = String::new();
+            format_request(format, r, SystemTime::now(), &mut line);
+            write_out(&mut line);
+        }
     });
+}
+
+/// Request lines a thread holds before writing them without waiting for [`flush`].
+pub const PENDING_LIMIT: usize = 32 * 1024;
+
+/// Writes this thread's waiting request lines. The runtime calls it before its thread waits
+/// for work, the subscriber's writer before every other event, `main` before exiting.
+pub fn flush() {
+    PENDING.with(|pending| {
+        if let Ok(mut lines) = pending.try_borrow_mut() {
+            if !lines.is_empty() {
+                write_out(&mut lines);
+            }
+        }
+    });
+}
+
+fn write_out(lines: &mut String) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+    lines.clear();
+}
+
+/// The subscriber's writer: stderr, once this thread's waiting request lines are out.
+fn stderr_in_order() -> std::io::Stderr {
+    flush();
+    std::io::stderr()
 }
 
 /// The request line as the subscriber formats the event (see [`LeanText`], [`LeanJson`]). Each
@@ -415,6 +450,27 @@ pub fn write_timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result 
 thread_local! {
     /// The line being built: written to the subscriber's writer in one call.
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    /// Request lines not yet written (see [`write_request`]); written when the thread ends.
+    static PENDING: Pending = const { Pending(RefCell::new(String::new())) };
+}
+
+/// A thread's waiting request lines, written out if the thread ends with some.
+struct Pending(RefCell<String>);
+
+impl std::ops::Deref for Pending {
+    type Target = RefCell<String>;
+    fn deref(&self) -> &RefCell<String> {
+        &self.0
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let lines = self.0.get_mut();
+        if !lines.is_empty() {
+            write_out(lines);
+        }
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for LeanText

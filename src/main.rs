@@ -161,7 +161,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    match cli.command {
+    let code = match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Demo {
@@ -189,7 +189,11 @@ fn main() -> ExitCode {
             config,
             seller,
         }) => explain(&method, &path, config.as_deref(), seller.as_deref()),
-    }
+    };
+    // This thread's last request lines (the runtime's own threads write theirs as they end).
+    drop(runtime);
+    spapi_proxy::logging::flush();
+    code
 }
 
 /// `SPAPI_WORKERS`: runtime threads (default 1, a single-threaded runtime, which measured
@@ -207,16 +211,19 @@ fn workers() -> Result<usize, String> {
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers == 1 {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        // Request lines are written together when a thread runs out of work (see
+        // `logging::write_request`).
+        .on_thread_park(spapi_proxy::logging::flush)
+        .build()
 }
 
 /// Loads the configuration before any port is bound, so a mistake costs nothing.
