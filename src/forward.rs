@@ -744,7 +744,9 @@ impl Forwarder {
         }
     }
 
+    /// [`Forwarder::exchange`], boxed: the slow path of [`Sending`].
     fn exchange_boxed(&self, request: Request<UpstreamBody>, now: Instant) -> SlowExchange<'_> {
+        // Bound first: the box's own type must be settled before it becomes a trait object.
         let slow = crate::boxed!(self.exchange(request, now));
         slow
     }
