@@ -378,6 +378,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Idle too long to trust at `now`: the far end may have closed it meanwhile.
+    fn stale(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= IDLE_FOR
+    }
+}
+
 /// Keep-alive HTTP/1 connections to one origin. There is one SP-API origin per forwarder, so
 /// the pool is a stack of idle senders: no keys to hash, nothing to format per request.
 struct Pool {
@@ -402,7 +409,7 @@ impl Pool {
     fn take_ready(&self, now: Instant) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.lock();
         let last = idle.last()?;
-        if now.saturating_duration_since(last.since) >= IDLE_FOR || !last.sender.is_ready() {
+        if last.stale(now) || !last.sender.is_ready() {
             return None;
         }
         idle.pop().map(|i| i.sender)
@@ -416,7 +423,7 @@ impl Pool {
         loop {
             let idle = self.lock().pop();
             let Some(mut idle) = idle else { break };
-            if now.saturating_duration_since(idle.since) >= IDLE_FOR || idle.sender.is_closed() {
+            if idle.stale(now) || idle.sender.is_closed() {
                 continue;
             }
             if idle.sender.ready().await.is_ok() {
@@ -1039,8 +1046,8 @@ mod tests {
         &'static [&'static str],
     );
 
-    /// Each hop-by-hop name has its own bit, whatever the length filter lets through; other
-    /// names, of those lengths too, have none.
+    /// Each hop-by-hop name has its own bit, in any case; other names, some of the same
+    /// lengths, have none.
     #[test]
     fn every_hop_by_hop_name_has_its_bit() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {

@@ -345,8 +345,12 @@ fn plain_ascii(bytes: &[u8], quote: bool) -> bool {
             return false;
         }
     }
-    rest.iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && !(quote && (b == b'"' || b == b'\\')))
+    rest.iter().all(|&b| plain_byte(b, quote))
+}
+
+/// What [`plain_ascii`] asks of each byte.
+fn plain_byte(b: u8, quote: bool) -> bool {
+    (0x20..0x7f).contains(&b) && !(quote && (b == b'"' || b == b'\\'))
 }
 
 /// How a field's text is written: as is in a text line, or inside a JSON string.
@@ -676,11 +680,7 @@ mod tests {
     /// at every position of a line longer than two words, in both modes.
     #[test]
     fn the_word_test_agrees_with_the_byte_test() {
-        let by_byte = |bytes: &[u8], quote: bool| {
-            bytes
-                .iter()
-                .all(|&b| (0x20..0x7f).contains(&b) && !(quote && (b == b'"' || b == b'\\')))
-        };
+        let by_byte = |bytes: &[u8], quote: bool| bytes.iter().all(|&b| plain_byte(b, quote));
         let mut line = *b"/orders/v0/orders?Marketplace";
         for at in 0..line.len() {
             let kept = line[at];

@@ -116,15 +116,9 @@ impl Segment {
     }
 }
 
-/// `pchar`s other than `.`, which the path check passes over in runs.
+/// RFC 3986 `pchar`s the path check passes over in runs: all but `%` (an escape) and `.`
+/// (counted, for dot segments), so unreserved, sub-delims, `:` and `@`.
 static PLAIN: [bool; 256] = {
-    let mut table = PCHAR;
-    table[b'.' as usize] = false;
-    table
-};
-
-/// RFC 3986 `pchar` minus `%` (handled as an escape): unreserved, sub-delims, `:` and `@`.
-static PCHAR: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
@@ -132,8 +126,7 @@ static PCHAR: [bool; 256] = {
         table[b] = c.is_ascii_alphanumeric()
             || matches!(
                 c,
-                b'-' | b'.'
-                    | b'_'
+                b'-' | b'_'
                     | b'~'
                     | b'!'
                     | b'$'

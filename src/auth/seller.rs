@@ -176,6 +176,10 @@ impl SellerAuth {
     /// The token `plan` calls for, when it is at hand: cached, with no refusal learnt or
     /// standing in the way. `None`: ask [`SellerAuth::token`], which may fetch or decide more.
     pub fn cached(&self, plan: &TokenPlan) -> Option<Chosen> {
+        // Looked at first, so that a token not served is not counted as a cache hit.
+        if !self.healthy() {
+            return None;
+        }
         let (token, source, pii) = match plan {
             TokenPlan::Lwa | TokenPlan::LwaNoPii => {
                 let pii = matches!(plan, TokenPlan::LwaNoPii).then_some(Pii::Omitted);
@@ -198,9 +202,6 @@ impl SellerAuth {
             }
             _ => return None,
         };
-        if lock(&self.refused).is_some() {
-            return None;
-        }
         Some(Chosen {
             token: token?,
             source,

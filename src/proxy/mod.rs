@@ -185,21 +185,6 @@ struct Again<'a> {
     path: &'a str,
 }
 
-/// Reads `upstream`'s body into memory if it is at most `limit` long (see
-/// [`Upstream::read_whole`]).
-async fn take_whole(upstream: &mut Upstream, limit: u64) -> Result<(), ProxyError> {
-    let taken = std::mem::replace(
-        upstream,
-        Upstream::Read {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-        },
-    );
-    *upstream = taken.read_whole(limit).await?;
-    Ok(())
-}
-
 /// Hashes of unknown paths already logged, with the hasher's random keys.
 #[derive(Default)]
 struct UnknownSeen {
@@ -321,31 +306,16 @@ impl Proxy {
                     let seller = prefixed
                         .and_then(Result::ok)
                         .map(|(name, _)| name.to_string());
+                    let pipeline = || {
+                        let body = Inbound::Client(body);
+                        self.proxy(&state, &parts, body, op, seller, key, &mut facts)
+                    };
                     // Below debug the span is disabled: not wrapping the future saves moving
-                    // it into the wrapper.
+                    // it into the wrapper. Either way it is made where it is awaited.
                     if span.is_disabled() {
-                        self.proxy(
-                            &state,
-                            &parts,
-                            Inbound::Client(body),
-                            op,
-                            seller,
-                            key,
-                            &mut facts,
-                        )
-                        .await
+                        pipeline().await
                     } else {
-                        self.proxy(
-                            &state,
-                            &parts,
-                            Inbound::Client(body),
-                            op,
-                            seller,
-                            key,
-                            &mut facts,
-                        )
-                        .instrument(span)
-                        .await
+                        pipeline().instrument(span).await
                     }
                 }
             },
@@ -709,7 +679,7 @@ impl Proxy {
         //    (if the body was held). A fresh token rejected too means the credentials
         //    themselves are not accepted: /_proxy/ready says so.
         if upstream.status() == StatusCode::FORBIDDEN {
-            take_whole(upstream, MAX_INSPECTED_403).await?;
+            upstream.take_whole(MAX_INSPECTED_403).await?;
             if upstream.says_token_rejected() {
                 auth.reject(ctx.seller, chosen);
                 if body.replayable() {
@@ -727,7 +697,7 @@ impl Proxy {
                     (*upstream, sent) = self.send(ctx, parts, target, body, &chosen.token).await?;
                     sent_at = sent.at;
                     if upstream.status() == StatusCode::FORBIDDEN {
-                        take_whole(upstream, MAX_INSPECTED_403).await?;
+                        upstream.take_whole(MAX_INSPECTED_403).await?;
                         if upstream.says_token_rejected() {
                             if let Some(s) = ctx.seller {
                                 s.rejected_fresh(chosen, &upstream.text());
@@ -776,7 +746,7 @@ impl Proxy {
 
         // 11. getReport/getReports answers say which report documents are restricted.
         if op.is_some_and(lists_report_documents) && upstream.status().is_success() {
-            take_whole(upstream, MAX_LEARNED_BODY).await?;
+            upstream.take_whole(MAX_LEARNED_BODY).await?;
             if let (Upstream::Read { body, .. }, Some(s)) = (&*upstream, ctx.seller) {
                 s.learn_reports(body);
             }

@@ -208,33 +208,39 @@ impl Upstream {
         }
     }
 
-    /// Reads the body into memory if its announced length is at most `limit`; a body of
-    /// unknown or larger length keeps streaming untouched.
-    pub(super) async fn read_whole(self, limit: u64) -> Result<Upstream, ProxyError> {
-        match self {
-            Upstream::Streaming(resp) => {
-                let length = resp
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if length.is_none_or(|n| n > limit) {
-                    return Ok(Upstream::Streaming(resp));
-                }
-                let (parts, body) = resp.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(|e| ProxyError::Upstream(format!("the upstream body broke off: {e}")))?
-                    .to_bytes();
-                Ok(Upstream::Read {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                })
-            }
-            read => Ok(read),
+    /// Reads the body into memory, in place, if its announced length is at most `limit`; a
+    /// body of unknown or larger length keeps streaming untouched.
+    pub(super) async fn take_whole(&mut self, limit: u64) -> Result<(), ProxyError> {
+        let short = matches!(self, Upstream::Streaming(_))
+            && self
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n <= limit);
+        if !short {
+            return Ok(());
         }
+        let held = Upstream::Read {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        let Upstream::Streaming(resp) = std::mem::replace(self, held) else {
+            return Ok(());
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Upstream(format!("the upstream body broke off: {e}")))?
+            .to_bytes();
+        *self = Upstream::Read {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        };
+        Ok(())
     }
 
     pub(super) fn says_token_rejected(&self) -> bool {
