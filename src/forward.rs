@@ -399,6 +399,8 @@ struct Pool {
     slots: Arc<UpstreamSlots>,
     /// How long a request waits for a free slot before it is answered 503.
     slot_wait: Duration,
+    /// How long an answer's body may send nothing (`timeouts.idle`).
+    idle_timeout: Duration,
 }
 
 impl Pool {
@@ -541,7 +543,6 @@ pub struct Forwarder {
     pool: Arc<Pool>,
     host: HeaderValue,
     response_timeout: Duration,
-    idle_timeout: Duration,
     /// Requests waiting for their answer's head, and when each gives up.
     deadlines: Arc<Deadlines>,
 }
@@ -702,10 +703,10 @@ impl Forwarder {
                 idle: Mutex::new(Vec::new()),
                 slots,
                 slot_wait: config.timeouts.connect,
+                idle_timeout: config.timeouts.idle,
             }),
             host: HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
             response_timeout: config.timeouts.response,
-            idle_timeout: config.timeouts.idle,
             deadlines: Arc::default(),
         })
     }
@@ -873,9 +874,7 @@ where
             body,
             sender: Some(sender),
             pool: Arc::clone(&this.forwarder.pool),
-            idle_timeout: this.forwarder.idle_timeout,
             idle: None,
-            whose: None,
             sent_at: *this.now,
         };
         Poll::Ready(Ok(Response::from_parts(parts, body)))
@@ -883,18 +882,69 @@ where
 }
 
 /// Amazon's response body: streamed to the client, with the idle-read timeout, and its
-/// connection returned to the pool once the body has been read to the end.
+/// connection returned to the pool once the body has been read to the end. 112 bytes, so that
+/// the answer, which the pipeline moves a few times before boxing its body, stays within 256
+/// (see [`UpstreamBody`]); whose answer it is joins it in the box ([`Answer`]).
 pub struct UpstreamResponseBody {
     body: Incoming,
     sender: Option<SendRequest<UpstreamBody>>,
     pool: Arc<Pool>,
-    idle_timeout: Duration,
     /// Armed while waiting for the next frame.
     idle: Option<Pin<Box<Sleep>>>,
-    /// Whose answer this is, for the warning and the count if Amazon breaks it off.
-    whose: Option<Whose>,
     /// When the request was sent: the connection's idle time counts from it.
     sent_at: Instant,
+}
+
+impl UpstreamResponseBody {
+    fn finished(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.checkin(sender, self.sent_at);
+        }
+    }
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.idle = None;
+                match &frame {
+                    None => this.finished(),
+                    Some(Err(_)) => this.sender = None,
+                    Some(Ok(_)) if this.body.is_end_stream() => this.finished(),
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.pool.idle_timeout;
+                let sleep = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.sender = None;
+                    let why = format!("the upstream sent nothing for {timeout:?} (timeouts.idle)");
+                    return Poll::Ready(Some(Err(why.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Whose answer a streaming body is: said if the body breaks off after its status has gone to
@@ -909,13 +959,22 @@ pub struct Whose {
     pub request_id: Option<HeaderValue>,
 }
 
-impl UpstreamResponseBody {
-    /// Names whose answer this is (see [`Whose`]).
-    pub fn set_whose(&mut self, whose: Whose) {
-        self.whose = Some(whose);
+/// Amazon's body on its way to the client, and whose answer it is: if Amazon breaks it off
+/// (or sends nothing for `timeouts.idle`), a WARN line with its own outcome, and a count.
+pub struct Answer {
+    body: UpstreamResponseBody,
+    whose: Option<Whose>,
+}
+
+impl Answer {
+    /// `body`, said to be `whose` if it breaks off.
+    pub fn new(body: UpstreamResponseBody, whose: Whose) -> Answer {
+        Answer {
+            body,
+            whose: Some(whose),
+        }
     }
 
-    /// Amazon broke the body off: a WARN line with its own outcome, and a count.
     fn broke_off(&mut self, why: &dyn std::fmt::Display) {
         let Some(whose) = self.whose.take() else {
             return;
@@ -938,15 +997,9 @@ impl UpstreamResponseBody {
             "Amazon broke the response body off; the client got a truncated answer"
         );
     }
-
-    fn finished(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.checkin(sender, self.sent_at);
-        }
-    }
 }
 
-impl Body for UpstreamResponseBody {
+impl Body for Answer {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -955,34 +1008,11 @@ impl Body for UpstreamResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.idle = None;
-                match &frame {
-                    None => this.finished(),
-                    Some(Err(e)) => {
-                        this.sender = None;
-                        this.broke_off(e);
-                    }
-                    Some(Ok(_)) if this.body.is_end_stream() => this.finished(),
-                    Some(Ok(_)) => {}
-                }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let timeout = this.idle_timeout;
-                let sleep = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    this.sender = None;
-                    let why = format!("the upstream sent nothing for {timeout:?} (timeouts.idle)");
-                    this.broke_off(&why);
-                    return Poll::Ready(Some(Err(why.into())));
-                }
-                Poll::Pending
-            }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            this.broke_off(e);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1036,6 +1066,7 @@ mod tests {
     fn the_moved_values_fit_eight_vector_moves() {
         assert_eq!(std::mem::size_of::<UpstreamBody>(), 32);
         assert!(std::mem::size_of::<Request<UpstreamBody>>() <= 256);
+        assert!(std::mem::size_of::<Response<UpstreamResponseBody>>() <= 256);
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

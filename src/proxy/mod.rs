@@ -621,16 +621,13 @@ impl Proxy {
             .iter()
             .find(|(name, _)| *name == REQUEST_ID)
             .map(|(_, value)| value.clone());
-        if let Upstream::Streaming(resp) = &mut upstream {
-            let whose = forward::Whose {
-                labels: ctx.labels(),
-                status: resp.status().as_u16(),
-                request_id: request_id.clone(),
-            };
-            resp.body_mut().set_whose(whose);
-        }
+        let whose = forward::Whose {
+            labels: ctx.labels(),
+            status: upstream.status().as_u16(),
+            request_id: request_id.clone(),
+        };
         facts.request_id = Some(request_id);
-        let mut response = upstream.into_response();
+        let mut response = upstream.into_response(whose);
         let headers = response.headers_mut();
         let queued_ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);
         headers.insert(

@@ -264,11 +264,15 @@ impl Upstream {
         }
     }
 
-    pub(super) fn into_response(self) -> Response<ProxyBody> {
+    pub(super) fn into_response(self, whose: forward::Whose) -> Response<ProxyBody> {
         let (status, mut headers, body) = match self {
             Upstream::Streaming(resp) => {
                 let (parts, body) = resp.into_parts();
-                (parts.status, parts.headers, body.boxed())
+                (
+                    parts.status,
+                    parts.headers,
+                    forward::Answer::new(body, whose).boxed(),
+                )
             }
             Upstream::Read {
                 status,
