@@ -323,15 +323,18 @@ pub fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// A request body on its way to Amazon: held whole (replayable), or the client's, streaming.
-/// 32 bytes, so that the upstream request is 256: hyper moves it several times, and a move of
-/// more than 256 bytes takes the copy loop instead of eight loads and stores (together 450
-/// instructions per request, measured).
-pub enum UpstreamBody {
-    /// All of it, sent once per send; empty once sent (an empty body sends no frame).
+/// A request body on its way to Amazon: none, held whole (replayable), or the client's,
+/// streaming. One pointer, so that the upstream request is 232 bytes and hyper's envelope
+/// around it 256: hyper moves both several times, and a move of more than 256 bytes takes the
+/// copy loop instead of eight loads and stores (from 80 bytes to this took 840 instructions
+/// off each request, measured). A GET's empty body allocates nothing.
+pub struct UpstreamBody(Option<Box<Held>>);
+
+enum Held {
+    /// All of it, sent once per send.
     Full(Bytes),
-    /// The client's body, streaming through (boxed: a large upload is rare).
-    Client(Box<ClientBody>),
+    /// The client's body, streaming through.
+    Client(ClientBody),
 }
 
 impl Body for UpstreamBody {
@@ -342,24 +345,31 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Full(bytes) if bytes.is_empty() => Poll::Ready(None),
-            UpstreamBody::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
-            UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        let this = self.get_mut();
+        match this.0.as_deref_mut() {
+            None => Poll::Ready(None),
+            Some(Held::Full(bytes)) => {
+                let bytes = std::mem::take(bytes);
+                this.0 = None;
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Some(Held::Client(body)) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Full(bytes) => bytes.is_empty(),
-            UpstreamBody::Client(body) => body.is_end_stream(),
+        match self.0.as_deref() {
+            None => true,
+            Some(Held::Full(_)) => false,
+            Some(Held::Client(body)) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
-            UpstreamBody::Client(body) => body.size_hint(),
+        match self.0.as_deref() {
+            None => SizeHint::with_exact(0),
+            Some(Held::Full(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Some(Held::Client(body)) => body.size_hint(),
         }
     }
 }
@@ -367,7 +377,12 @@ impl Body for UpstreamBody {
 impl UpstreamBody {
     /// A held body; an empty one is sent as no body at all.
     pub fn full(bytes: Bytes) -> UpstreamBody {
-        UpstreamBody::Full(bytes)
+        UpstreamBody((!bytes.is_empty()).then(|| Box::new(Held::Full(bytes))))
+    }
+
+    /// The client's body, streaming through.
+    pub fn client(body: ClientBody) -> UpstreamBody {
+        UpstreamBody(Some(Box::new(Held::Client(body))))
     }
 }
 
@@ -1061,11 +1076,12 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    /// What the request path moves most stays within 256 bytes (see [`UpstreamBody`]).
+    /// What the request path moves most stays within 256 bytes (see [`UpstreamBody`]; hyper's
+    /// envelope adds 24 bytes to the request).
     #[test]
     fn the_moved_values_fit_eight_vector_moves() {
-        assert_eq!(std::mem::size_of::<UpstreamBody>(), 32);
-        assert!(std::mem::size_of::<Request<UpstreamBody>>() <= 256);
+        assert_eq!(std::mem::size_of::<UpstreamBody>(), 8);
+        assert!(std::mem::size_of::<Request<UpstreamBody>>() <= 232);
         assert!(std::mem::size_of::<Response<UpstreamResponseBody>>() <= 256);
     }
 

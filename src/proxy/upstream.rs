@@ -173,7 +173,7 @@ impl RequestBody {
             RequestBody::Buffered(b) => UpstreamBody::full(b.clone()),
             RequestBody::Streaming { body, broke } => match body.take() {
                 Some((prefix, rest)) => {
-                    UpstreamBody::Client(Box::new(ClientBody::new(prefix, rest, Arc::clone(broke))))
+                    UpstreamBody::client(ClientBody::new(prefix, rest, Arc::clone(broke)))
                 }
                 None => UpstreamBody::full(Bytes::new()),
             },
