@@ -154,7 +154,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // Only `Connection`, as nearly every answer has: one lookup to look and remove.
         if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
             if entry.iter().all(|v| usual(v.as_bytes())) {
-                entry.remove_entry_mult();
+                entry.remove();
                 return;
             }
         }

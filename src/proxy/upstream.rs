@@ -264,26 +264,28 @@ impl Upstream {
         }
     }
 
+    /// The answer the client gets: Amazon's, minus hop-by-hop headers. A streamed one keeps
+    /// its head as hyper parsed it (status, headers, and a reason phrase Amazon worded its own
+    /// way), so nothing is built and dropped around it; the version is this server's.
     pub(super) fn into_response(self, whose: forward::Whose) -> Response<ProxyBody> {
-        let (status, mut headers, body) = match self {
+        let mut response = match self {
             Upstream::Streaming(resp) => {
-                let (parts, body) = resp.into_parts();
-                (
-                    parts.status,
-                    parts.headers,
-                    forward::Answer::new(body, whose).boxed(),
-                )
+                let (mut parts, body) = resp.into_parts();
+                parts.version = http::Version::HTTP_11;
+                Response::from_parts(parts, forward::Answer::new(body, whose).boxed())
             }
             Upstream::Read {
                 status,
                 headers,
                 body,
-            } => (status, headers, full(body)),
+            } => {
+                let mut response = Response::new(full(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                response
+            }
         };
-        forward::strip_hop_by_hop(&mut headers);
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
+        forward::strip_hop_by_hop(response.headers_mut());
         response
     }
 }
