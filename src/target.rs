@@ -32,7 +32,29 @@ pub fn check(
     } else if uri.scheme().is_some() {
         return Err(bad("the request target has a scheme but no host"));
     }
-    check_path(uri.path())
+    let path = uri.path();
+    // A client calls one endpoint again and again (a listing's pages differ in their query
+    // only): the last path this thread passed is passed again without a look at its bytes.
+    LAST_PASSED.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.is_empty() || *last != path {
+            check_path(path)?;
+            last.clear();
+            if path.len() <= LAST_PASSED_MAX {
+                last.push_str(path);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The longest path [`LAST_PASSED`] holds: SP-API paths are short; a longer one is checked
+/// every time, and the memo keeps no client's megabyte.
+const LAST_PASSED_MAX: usize = 256;
+
+thread_local! {
+    /// The last path this thread's [`check`] passed (empty: none; an empty path never passes).
+    static LAST_PASSED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// The path rules: it starts with `/`, holds only RFC 3986 `pchar`s and `/`, its percent
@@ -159,6 +181,29 @@ fn bad(message: &str) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memo of the last passed path changes nothing: a refusal is never remembered, and
+    /// an empty target or one past the memo's size is checked every time.
+    #[test]
+    fn the_last_passed_path_is_only_a_shortcut() {
+        let get = Method::GET;
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        let ok = |u: &str| check(&get, &uri(u), |_| false).is_ok();
+        for _ in 0..2 {
+            assert!(ok("/orders/v0/orders?MarketplaceIds=A"));
+            assert!(ok("/orders/v0/orders?NextToken=x"));
+            assert!(!ok("/orders/v0/../orders"));
+            assert!(!ok("/orders//v0"));
+            assert!(ok("/orders/v0/orders"));
+        }
+        let long = format!("/{}", "a".repeat(LAST_PASSED_MAX + 10));
+        let long_bad = format!("{long}/..");
+        assert!(ok(&long));
+        assert!(!ok(&long_bad));
+        assert!(ok(&long));
+        assert!(!ok("*"), "asterisk-form");
+        assert!(!ok("*"));
+    }
 
     #[test]
     fn path_table() {
