@@ -138,24 +138,28 @@ fn usual(option: &[u8]) -> bool {
 }
 
 /// Removes hop-by-hop headers, including any that `Connection` names, in one pass over the
-/// names (a response usually has `connection` and nothing else of the kind). Which of them
-/// are present is a bit set, so the common case allocates nothing.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// names (a response usually has `connection` and nothing else of the kind), and returns the
+/// first value of `wanted` (Amazon's request id), found in the same pass. Which hop-by-hop
+/// headers are present is a bit set, so the common case allocates nothing.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, wanted: &HeaderName) -> Option<HeaderValue> {
     let mut present = 0u16;
-    for name in headers.keys() {
+    let mut found = None;
+    for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
+        } else if found.is_none() && name == wanted {
+            found = Some(value.clone());
         }
     }
     if present == 0 {
-        return;
+        return found;
     }
     if present == 1 {
         // Only `Connection`, as nearly every answer has: one lookup to look and remove.
         if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
             if entry.iter().all(|v| usual(v.as_bytes())) {
                 entry.remove();
-                return;
+                return found;
             }
         }
     }
@@ -169,6 +173,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    found
 }
 
 /// The headers Amazon receives: the client's, filtered in one pass, plus host, token, date and
@@ -1173,7 +1178,8 @@ mod tests {
         ];
         for (given, kept) in cases {
             let mut h = headers(given);
-            strip_hop_by_hop(&mut h);
+            let id = strip_hop_by_hop(&mut h, &HeaderName::from_static("etag"));
+            assert_eq!(id.is_some(), kept.contains(&"etag"), "{given:?}");
             let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
             assert_eq!(names, kept, "{given:?}");
         }

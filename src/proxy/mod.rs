@@ -615,19 +615,10 @@ impl Proxy {
         facts.pii = chosen.pii;
 
         // 12. Amazon's answer goes back untouched, minus hop-by-hop headers, plus the wait.
-        // A pass over the few names, not a lookup hashing this long one (150 instructions).
-        let request_id = upstream
-            .headers()
-            .iter()
-            .find(|(name, _)| *name == REQUEST_ID)
-            .map(|(_, value)| value.clone());
-        let whose = forward::Whose {
-            labels: ctx.labels(),
-            status: upstream.status().as_u16(),
-            request_id: request_id.clone(),
-        };
+        // Its request id is found in the pass over its names that strips them, not by a
+        // lookup hashing this long name (150 instructions).
+        let (mut response, request_id) = upstream.into_response(ctx.labels());
         facts.request_id = Some(request_id);
-        let mut response = upstream.into_response(whose);
         let headers = response.headers_mut();
         let queued_ms = u64::try_from(queued.as_millis()).unwrap_or(u64::MAX);
         headers.insert(

@@ -264,28 +264,39 @@ impl Upstream {
         }
     }
 
-    /// The answer the client gets: Amazon's, minus hop-by-hop headers. A streamed one keeps
-    /// its head as hyper parsed it (status, headers, and a reason phrase Amazon worded its own
-    /// way), so nothing is built and dropped around it; the version is this server's.
-    pub(super) fn into_response(self, whose: forward::Whose) -> Response<ProxyBody> {
-        let mut response = match self {
+    /// The answer the client gets: Amazon's, minus hop-by-hop headers; and Amazon's request
+    /// id, found in the same pass. A streamed one keeps its head as hyper parsed it (status,
+    /// headers, and a reason phrase Amazon worded its own way), so nothing is built and
+    /// dropped around it; the version is this server's. Its body is said to be `labels`'s if
+    /// it breaks off.
+    pub(super) fn into_response(
+        self,
+        labels: metrics::OperationLabels,
+    ) -> (Response<ProxyBody>, Option<http::HeaderValue>) {
+        match self {
             Upstream::Streaming(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 parts.version = http::Version::HTTP_11;
-                Response::from_parts(parts, forward::Answer::new(body, whose).boxed())
+                let request_id = forward::strip_hop_by_hop(&mut parts.headers, &REQUEST_ID);
+                let whose = forward::Whose {
+                    labels,
+                    status: parts.status.as_u16(),
+                    request_id: request_id.clone(),
+                };
+                let body = forward::Answer::new(body, whose).boxed();
+                (Response::from_parts(parts, body), request_id)
             }
             Upstream::Read {
                 status,
-                headers,
+                mut headers,
                 body,
             } => {
+                let request_id = forward::strip_hop_by_hop(&mut headers, &REQUEST_ID);
                 let mut response = Response::new(full(body));
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
-                response
+                (response, request_id)
             }
-        };
-        forward::strip_hop_by_hop(response.headers_mut());
-        response
+        }
     }
 }
