@@ -442,12 +442,9 @@ pub fn write_timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result 
         w.write_str(&stamp.1)
     })?;
     let ms = since.subsec_millis();
-    let digits = [
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-    ];
-    w.write_str(std::str::from_utf8(&digits).unwrap_or("000"))?;
+    w.write_char(char::from(b'0' + (ms / 100 % 10) as u8))?;
+    w.write_char(char::from(b'0' + (ms / 10 % 10) as u8))?;
+    w.write_char(char::from(b'0' + (ms % 10) as u8))?;
     w.write_char('Z')
 }
 
