@@ -364,12 +364,22 @@ impl Escape {
     /// Appends `s` with every control character escaped (`\n`, `\r`, `\t`, then `\u{1b}` in
     /// text, `\u001b` in JSON), so that no field can start a forged line or send escape
     /// sequences; in JSON, quotes and backslashes too (JSON itself requires only C0 escaped).
+    ///
+    /// The usual text, with nothing to escape, is appended inline (a call per field cost 46
+    /// instructions per request line); the escaping is out of line.
+    #[inline(always)]
     fn push(self, line: &mut String, s: &str) {
-        let json = self == Escape::Json;
-        if !needs_escape(s, json) {
+        if needs_escape(s, self == Escape::Json) {
+            self.push_escaped(line, s);
+        } else {
             line.push_str(s);
-            return;
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_escaped(self, line: &mut String, s: &str) {
+        let json = self == Escape::Json;
         for c in s.chars() {
             match c {
                 '"' if json => line.push_str("\\\""),
