@@ -92,7 +92,7 @@ impl Proxy {
     }
 
     /// Amazon's answer to a request sent at `at`: counted, and a failure blamed on the
-    /// client when its body broke off. Inlined: the answer (300 bytes) is then moved once into
+    /// client when its body broke off. Inlined: the answer (224 bytes) is then moved once into
     /// the caller's future rather than three times (60 instructions per request).
     #[inline(always)]
     pub(super) fn sent(
