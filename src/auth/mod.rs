@@ -65,6 +65,17 @@ impl Pii {
             Pii::Omitted => "omitted",
         }
     }
+
+    /// [`Pii::header_value`] as a header value, made at compile time (made per request, its
+    /// bytes were checked every time).
+    pub fn header(self) -> http::HeaderValue {
+        const INCLUDED: http::HeaderValue = http::HeaderValue::from_static("included");
+        const OMITTED: http::HeaderValue = http::HeaderValue::from_static("omitted");
+        match self {
+            Pii::Included => INCLUDED,
+            Pii::Omitted => OMITTED,
+        }
+    }
 }
 
 /// The scope `/_proxy/ready` checks when there is no refresh token.

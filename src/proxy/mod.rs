@@ -630,10 +630,7 @@ impl Proxy {
             },
         );
         if let Some(pii) = chosen.pii {
-            headers.insert(
-                auth::PII_HEADER,
-                http::HeaderValue::from_static(pii.header_value()),
-            );
+            headers.insert(auth::PII_HEADER, pii.header());
         }
         Ok(response)
     }
