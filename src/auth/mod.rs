@@ -59,7 +59,7 @@ pub enum Pii {
 
 impl Pii {
     /// The value of [`PII_HEADER`].
-    pub fn header_value(self) -> &'static str {
+    pub const fn header_value(self) -> &'static str {
         match self {
             Pii::Included => "included",
             Pii::Omitted => "omitted",
@@ -69,8 +69,10 @@ impl Pii {
     /// [`Pii::header_value`] as a header value, made at compile time (made per request, its
     /// bytes were checked every time).
     pub fn header(self) -> http::HeaderValue {
-        const INCLUDED: http::HeaderValue = http::HeaderValue::from_static("included");
-        const OMITTED: http::HeaderValue = http::HeaderValue::from_static("omitted");
+        const INCLUDED: http::HeaderValue =
+            http::HeaderValue::from_static(Pii::Included.header_value());
+        const OMITTED: http::HeaderValue =
+            http::HeaderValue::from_static(Pii::Omitted.header_value());
         match self {
             Pii::Included => INCLUDED,
             Pii::Omitted => OMITTED,
