@@ -19,8 +19,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+/// spapi-proxy's own allocator (mimalloc entered through `mi_malloc` where the alignment
+/// allows), so that the floor and the proxy differ only in what the proxy does.
+#[path = "../../../src/allocator.rs"]
+mod allocator;
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::MiMalloc = allocator::MiMalloc;
 
 const X_AMZ_ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-amz-access-token");
 const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
