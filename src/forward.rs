@@ -144,9 +144,14 @@ fn usual(option: &[u8]) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, wanted: &HeaderName) -> Option<HeaderValue> {
     let mut present = 0u16;
     let mut found = None;
+    // Whether every `Connection` value is a usual option, which names no other header.
+    let mut usual_connection = true;
     for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
+            if i == 0 {
+                usual_connection &= usual(value.as_bytes());
+            }
         } else if found.is_none() && name == wanted {
             found = Some(value.clone());
         }
@@ -154,14 +159,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, wanted: &HeaderName) -> Option<
     if present == 0 {
         return found;
     }
-    if present == 1 {
-        // Only `Connection`, as nearly every answer has: one lookup to look and remove.
-        if let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-            if entry.iter().all(|v| usual(v.as_bytes())) {
-                entry.remove();
-                return found;
-            }
-        }
+    if present == 1 && usual_connection {
+        // Only `Connection`, as nearly every answer has, naming nothing: one removal (an
+        // entry, which may insert, cost 60 instructions more).
+        headers.remove(header::CONNECTION);
+        return found;
     }
     if present & 1 != 0 {
         for name in connection_listed(headers) {
@@ -1131,7 +1133,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_strip_table() {
-        let cases: [StripCase; 7] = [
+        let cases: [StripCase; 8] = [
             (&[("content-type", "application/json")], &["content-type"]),
             (
                 &[
@@ -1160,6 +1162,15 @@ mod tests {
             ),
             (
                 &[
+                    ("connection", "Keep-Alive"),
+                    ("etag", "e"),
+                    ("connection", "close"),
+                    ("x-trace", "1"),
+                ],
+                &["etag", "x-trace"],
+            ),
+            (
+                &[
                     ("transfer-encoding", "chunked"),
                     ("trailer", "x"),
                     ("upgrade", "h2c"),
@@ -1180,7 +1191,11 @@ mod tests {
             let mut h = headers(given);
             let id = strip_hop_by_hop(&mut h, &HeaderName::from_static("etag"));
             assert_eq!(id.is_some(), kept.contains(&"etag"), "{given:?}");
-            let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            // In any order: removing a name moves the last one into its place.
+            let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            let mut kept = kept.to_vec();
+            kept.sort_unstable();
             assert_eq!(names, kept, "{given:?}");
         }
     }
