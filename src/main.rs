@@ -163,6 +163,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // Request lines wait at most a tenth of a second (see `logging::write_request`).
+    runtime.spawn(spapi_proxy::logging::flush_every());
     let code = match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
@@ -192,9 +194,9 @@ fn main() -> ExitCode {
             seller,
         }) => explain(&method, &path, config.as_deref(), seller.as_deref()),
     };
-    // This thread's last request lines (the runtime's own threads write theirs as they end).
+    // The last request lines (the runtime's own threads write theirs as they end).
     drop(runtime);
-    spapi_proxy::logging::flush();
+    spapi_proxy::logging::flush_all();
     code
 }
 
@@ -220,12 +222,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
-    builder
-        .enable_all()
-        // Request lines are written together when a thread runs out of work (see
-        // `logging::write_request`).
-        .on_thread_park(spapi_proxy::logging::flush)
-        .build()
+    builder.enable_all().build()
 }
 
 /// Loads the configuration before any port is bound, so a mistake costs nothing.
