@@ -132,11 +132,12 @@ pub fn trace_request(r: &RequestLine<'_>) {
 /// subscriber's layers).
 ///
 /// Lines are gathered per thread and written together, as nginx's `access_log ... buffer=
-/// flush=` does: every [`FLUSH_EVERY`] (by [`flush_every`]), before any other event of the
-/// thread is written (so a thread's lines stay in order), and whenever [`PENDING_LIMIT`] bytes
-/// are waiting. A script's sequential requests then cost one `write` per tenth of a second,
-/// not one each (writing whenever the runtime's thread ran out of work cost 180 instructions
-/// per request).
+/// flush=` does: every [`FLUSH_EVERY`] (by [`flush_every`]), when the runtime's thread is about
+/// to wait for work with [`PARK_FLUSH`] bytes waiting ([`flush_at_park`]), before any other
+/// event of the thread is written (so a thread's lines stay in order), and whenever
+/// [`PENDING_LIMIT`] bytes are waiting. A script's sequential requests then cost one `write`
+/// per tenth of a second, not one each (writing whenever the runtime's thread ran out of work
+/// cost 180 instructions per request).
 pub fn write_request(format: Format, r: &RequestLine<'_>) {
     let written = PENDING.try_with(|pending| {
         let mut lines = lock(&pending.0);
@@ -158,6 +159,22 @@ pub const PENDING_LIMIT: usize = 32 * 1024;
 
 /// The longest a request line waits before [`flush_every`] writes it.
 pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Lines a thread writes when it is about to wait for work, if at least this much waits.
+pub const PARK_FLUSH: usize = 4 * 1024;
+
+/// Before the runtime's thread waits for work: writes its lines if [`PARK_FLUSH`] bytes wait.
+/// Under load the lines then go out while the thread is idle, in a few KiB, rather than 32 KiB
+/// in the middle of a request; a lone request's line waits for [`flush_every`] (a `write` at
+/// every wait cost 180 instructions per request).
+pub fn flush_at_park() {
+    let _ = PENDING.try_with(|pending| {
+        let mut lines = lock(&pending.0);
+        if lines.len() >= PARK_FLUSH {
+            write_out(&mut lines);
+        }
+    });
+}
 
 /// Writes this thread's waiting request lines (the subscriber's writer does, before every
 /// other event).

@@ -222,7 +222,11 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
-    builder.enable_all().build()
+    builder
+        .enable_all()
+        // Request lines are written while the thread is idle (see `logging::write_request`).
+        .on_thread_park(spapi_proxy::logging::flush_at_park)
+        .build()
 }
 
 /// Loads the configuration before any port is bound, so a mistake costs nothing.
