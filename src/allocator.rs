@@ -113,8 +113,9 @@ fn keep(size: usize, block: *mut u8) -> Result<Option<*mut u8>, ()> {
 
 // SAFETY: every block comes from mimalloc with at least the layout's alignment (see `plain`),
 // and is given back to mimalloc, which frees aligned and unaligned blocks alike with `mi_free`.
-// A kept block is a `mi_malloc` block of the very size asked for, owned by its thread's slot
-// until handed out again or freed.
+// A kept block was freed with the very layout it is handed out for again (a plain one, so it
+// came from `mi_malloc`, `mi_zalloc` or `mi_realloc` with at least that size and 16-byte
+// alignment), and is owned by its thread's slot until handed out again or freed.
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -146,8 +147,9 @@ unsafe impl GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // A plain block of a kept size came from `mi_malloc` with that size (or from a slot,
-        // which had it from there), so it can serve the next allocation of that size.
+        // A plain block of a kept size came from mimalloc's unaligned entries with at least
+        // that size (or from a slot, which had it from there), so it can serve the next
+        // allocation of that size.
         let free = if plain(&layout) && KEPT.contains(&layout.size()) {
             match keep(layout.size(), ptr) {
                 Ok(None) => return,

@@ -137,7 +137,8 @@ pub fn trace_request(r: &RequestLine<'_>) {
 /// event of the thread is written (so a thread's lines stay in order), and whenever
 /// [`PENDING_LIMIT`] bytes are waiting. A script's sequential requests then cost one `write`
 /// per tenth of a second, not one each (writing whenever the runtime's thread ran out of work
-/// cost 180 instructions per request).
+/// cost 180 instructions per request). Formatting a line never logs: it holds the thread's
+/// lines locked, and an event would wait on them.
 pub fn write_request(format: Format, r: &RequestLine<'_>) {
     let written = PENDING.try_with(|pending| {
         let mut lines = lock(&pending.0);
