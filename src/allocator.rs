@@ -7,8 +7,8 @@
 //! 1 KiB) it takes an extra slow layer before mimalloc's own slow path.
 //! Here a request whose alignment `mi_malloc` already guarantees goes to `mi_malloc`: that is
 //! mimalloc's own test (`mi_malloc_is_naturally_aligned` in `alloc-aligned.c`: an alignment of
-//! at most 16 bytes, `MI_MAX_ALIGN_SIZE`, and at most the size). Everything else, and
-//! reallocation with an alignment over 8, goes to the aligned entries as before.
+//! at most 16 bytes, `MI_MAX_ALIGN_SIZE`, and at most the size; for a reallocation, the new
+//! size). Everything else goes to the aligned entries as before.
 //!
 //! mimalloc serves a block over 1 KiB (`MI_SMALL_SIZE_MAX`) through its generic path every
 //! time, about 130 instructions. A proxied request makes several, of the same sizes every
@@ -35,9 +35,9 @@ const MALLOC_ALIGN: usize = 16;
 
 pub struct MiMalloc;
 
-/// Whether `mi_malloc(size)` is aligned enough for `layout` (mimalloc's own rule).
-fn plain(layout: &Layout) -> bool {
-    layout.align() <= MALLOC_ALIGN && layout.align() <= layout.size()
+/// Whether `mi_malloc(size)` is aligned enough for `align` (mimalloc's own rule).
+fn plain(size: usize, align: usize) -> bool {
+    align <= MALLOC_ALIGN && align <= size
 }
 
 /// Freed blocks a thread keeps, at most.
@@ -119,7 +119,7 @@ fn keep(size: usize, block: *mut u8) -> Result<Option<*mut u8>, ()> {
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if plain(&layout) {
+        if plain(layout.size(), layout.align()) {
             if KEPT.contains(&layout.size()) {
                 if let Some(block) = take(layout.size()) {
                     return block;
@@ -137,7 +137,7 @@ unsafe impl GlobalAlloc for MiMalloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as in `alloc`.
         unsafe {
-            if plain(&layout) {
+            if plain(layout.size(), layout.align()) {
                 mi::mi_zalloc(layout.size()).cast()
             } else {
                 mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
@@ -150,7 +150,7 @@ unsafe impl GlobalAlloc for MiMalloc {
         // A plain block of a kept size came from mimalloc's unaligned entries with at least
         // that size (or from a slot, which had it from there), so it can serve the next
         // allocation of that size.
-        let free = if plain(&layout) && KEPT.contains(&layout.size()) {
+        let free = if plain(layout.size(), layout.align()) && KEPT.contains(&layout.size()) {
             match keep(layout.size(), ptr) {
                 Ok(None) => return,
                 Ok(Some(evicted)) => evicted,
@@ -168,7 +168,7 @@ unsafe impl GlobalAlloc for MiMalloc {
         // SAFETY: `ptr` came from this allocator; the new block keeps the layout's alignment
         // by the same rule as `alloc`.
         unsafe {
-            if layout.align() <= MALLOC_ALIGN && layout.align() <= new_size {
+            if plain(new_size, layout.align()) {
                 mi::mi_realloc(ptr.cast(), new_size).cast()
             } else {
                 mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()

@@ -84,3 +84,9 @@ macro_rules! boxed {
     };
 }
 pub(crate) use boxed;
+
+/// `m` locked, even if a thread panicked while holding it: what it guards (caches, queues,
+/// waiting log lines) stays usable, and a panic is not passed on to every later user.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

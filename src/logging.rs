@@ -15,6 +15,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::lock;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
@@ -169,33 +171,28 @@ pub const PARK_FLUSH: usize = 4 * 1024;
 /// in the middle of a request; a lone request's line waits for [`flush_every`] (a `write` at
 /// every wait cost 180 instructions per request).
 pub fn flush_at_park() {
-    let _ = PENDING.try_with(|pending| {
-        let mut lines = lock(&pending.0);
-        if lines.len() >= PARK_FLUSH {
-            write_out(&mut lines);
-        }
-    });
+    let _ = PENDING.try_with(|pending| write_waiting(&pending.0, PARK_FLUSH));
 }
 
 /// Writes this thread's waiting request lines (the subscriber's writer does, before every
 /// other event).
 pub fn flush() {
-    let _ = PENDING.try_with(|pending| write_waiting(&pending.0));
+    let _ = PENDING.try_with(|pending| write_waiting(&pending.0, 1));
 }
 
 /// Writes every thread's waiting request lines ([`flush_every`] does, and `main` before
 /// exiting).
 pub fn flush_all() {
     for lines in lock(&WAITING).iter() {
-        write_waiting(lines);
+        write_waiting(lines, 1);
     }
 }
 
-/// Writes `lines` if any wait. The lock is held while they are written, so that the thread
-/// they belong to cannot write a later line or event before them.
-fn write_waiting(lines: &Mutex<String>) {
+/// Writes `lines` if at least `at_least` bytes wait. The lock is held while they are written,
+/// so that the thread they belong to cannot write a later line or event before them.
+fn write_waiting(lines: &Mutex<String>, at_least: usize) {
     let mut lines = lock(lines);
-    if !lines.is_empty() {
+    if lines.len() >= at_least {
         write_out(&mut lines);
     }
 }
@@ -204,10 +201,6 @@ fn write_out(lines: &mut String) {
     use std::io::Write as _;
     let _ = std::io::stderr().lock().write_all(lines.as_bytes());
     lines.clear();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Every thread's waiting request lines, for [`flush_all`].
@@ -532,7 +525,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        write_waiting(&self.0);
+        write_waiting(&self.0, 1);
         lock(&WAITING).retain(|lines| !Arc::ptr_eq(lines, &self.0));
     }
 }

@@ -14,6 +14,7 @@ use super::{Chosen, OnRefusal, Pii, TokenPlan, TokenSource};
 use crate::config::RestrictedData;
 use crate::error::{ProxyError, TokenError};
 use crate::key::Key;
+use crate::lock;
 
 /// After LWA refuses a refresh token (`invalid_grant`), it is tried again after this long,
 /// doubling on each further refusal up to [`MAX_BACKOFF`].
@@ -43,10 +44,6 @@ pub struct SellerAuth {
     /// does not report ready on the strength of a token Amazon will not take.
     rejected_fresh: Mutex<Option<String>>,
     any_rejected_fresh: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SellerAuth {

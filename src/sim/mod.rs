@@ -36,6 +36,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::lock;
 use crate::operations::{Catalog, Operation};
 use buckets::SimBucket;
 pub use fixtures::{AmazonAnswer, TokenWording};
@@ -205,10 +206,6 @@ impl Drop for Simulator {
             let _ = stop.send(());
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Simulator {
