@@ -68,6 +68,7 @@ class Bench:
         self.upstream_port = free_port()
         self.nginx_port = free_port()
         self.proxy_port = free_port()
+        self.floor_port = free_port()
         self.procs = []
 
     # --- processes -------------------------------------------------------------------------
@@ -194,14 +195,19 @@ http {{
 
     # --- measurements ----------------------------------------------------------------------
 
-    def wrk(self, port, path):
+    def wrk(self, port, path, pid=None):
+        """req/s, p50 and p99 ms, and (given the server's pid) its CPU microseconds per request,
+        user and system."""
+        before = cpu_ticks(pid) if pid else None
         out = subprocess.run(
             ["wrk", "-t1", f"-c{self.args.connections}", f"-d{self.args.seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
+        after = cpu_ticks(pid) if pid else None
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        done = int(re.search(r"(\d+) requests in", out).group(1))
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         if errors:
             raise SystemExit(f"wrk saw {errors.group(1)} errors on port {port}:\n{out}")
@@ -210,20 +216,28 @@ http {{
             value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out).groups()
             return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-        return rps, pct(50), pct(99)
+        cpu = None
+        if before and after and done:
+            us = 1e6 / os.sysconf("SC_CLK_TCK") / done
+            cpu = ((after[0] - before[0]) * us, (after[1] - before[1]) * us)
+        return rps, pct(50), pct(99), cpu
 
-    def throughput(self, path, toml_text=""):
-        """Several interleaved runs of direct, nginx and spapi-proxy; ratios per run."""
+    def throughput(self, path, toml_text="", floor=False):
+        """Several interleaved runs of direct, nginx and spapi-proxy (and hyper's floor, which
+        does getOrders' header work only); ratios per run."""
         rows = {"direct": [], "nginx": [], "spapi-proxy": []}
         nginx = self.start_nginx_proxy()
         proxy = self.start_proxy(toml_text)
-        upstream_path = path
+        targets = [("direct", self.upstream_port, None), ("nginx", self.nginx_port, nginx), ("spapi-proxy", self.proxy_port, proxy)]
+        if floor:
+            rows["hyper's floor"] = []
+            targets.append(("hyper's floor", self.floor_port, self.start_floor(self.floor_port)))
         for _ in range(self.args.runs):
-            rows["direct"].append(self.wrk(self.upstream_port, upstream_path))
-            rows["nginx"].append(self.wrk(self.nginx_port, path))
-            rows["spapi-proxy"].append(self.wrk(self.proxy_port, path))
-        self.stop(nginx)
-        self.stop(proxy)
+            for name, port, p in targets:
+                rows[name].append(self.wrk(port, path, p.pid if p else None))
+        for _, _, p in targets:
+            if p:
+                self.stop(p)
         return rows
 
     def curl_requests(self, port, path, n):
@@ -263,14 +277,15 @@ http {{
 
         return self.instructions(start, self.proxy_port, path)
 
-    def floor_instructions(self, path):
-        def start(under):
-            env, _ = self.proxy_env()
-            p = self.spawn(list(under) + [FLOOR_BIN], "hyper-floor", env=env)
-            wait_http(f"http://127.0.0.1:{self.proxy_port}/_proxy/ready", timeout=120)
-            return p
+    def start_floor(self, port, under=()):
+        env, _ = self.proxy_env()
+        env["SPAPI_LISTEN"] = f"127.0.0.1:{port}"
+        p = self.spawn(list(under) + [FLOOR_BIN], "hyper-floor", env=env)
+        wait_http(f"http://127.0.0.1:{port}/_proxy/ready", timeout=120)
+        return p
 
-        return self.instructions(start, self.proxy_port, path)
+    def floor_instructions(self, path):
+        return self.instructions(lambda under: self.start_floor(self.proxy_port, under), self.proxy_port, path)
 
     def nginx_instructions(self, path):
         return self.instructions(lambda under: self.start_nginx_proxy(under=under), self.nginx_port, path)
@@ -346,20 +361,30 @@ http {{
         return statistics.median(times)
 
 
+def cpu_ticks(pid):
+    """User and system CPU clock ticks a process (all its threads) has used."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def fmt_rows(title, rows):
-    out = [f"\n{title}", f"{'':14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   per run"]
+    out = [f"\n{title}", f"{'':14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}   per run (req/s, p99 ms)"]
     for name, runs in rows.items():
         rps = statistics.median(r[0] for r in runs)
         p50 = statistics.median(r[1] for r in runs)
         p99 = statistics.median(r[2] for r in runs)
-        per = ", ".join(f"{r[0]:.0f}" for r in runs)
-        out.append(f"{name:14}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}   {per}")
-    ratios = [p[0] / n[0] for p, n in zip(rows["spapi-proxy"], rows["nginx"])]
-    p99s = [p[2] / n[2] for p, n in zip(rows["spapi-proxy"], rows["nginx"])]
-    out.append(
-        f"spapi-proxy/nginx, same run: req/s {', '.join(f'{r:.2f}x' for r in ratios)}; "
-        f"p99 {', '.join(f'{r:.2f}x' for r in p99s)}"
-    )
+        cpu = [r[3] for r in runs if r[3]]
+        cpu = f"{statistics.median(c[0] for c in cpu):.1f}+{statistics.median(c[1] for c in cpu):.1f}" if cpu else ""
+        per = ", ".join(f"{r[0]:.0f} {r[2]:.2f}" for r in runs)
+        out.append(f"{name:14}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{cpu:>12}   {per}")
+    out.append("  (CPU: the server's own user+system microseconds per request, median)")
+    for name in [n for n in rows if n not in ("direct", "nginx")]:
+        ratios = [p[0] / n[0] for p, n in zip(rows[name], rows["nginx"])]
+        p99s = [p[2] / n[2] for p, n in zip(rows[name], rows["nginx"])]
+        out.append(
+            f"{name}/nginx, same run: req/s {', '.join(f'{r:.2f}x' for r in ratios)}; "
+            f"p99 {', '.join(f'{r:.2f}x' for r in p99s)}"
+        )
     return "\n".join(out)
 
 
@@ -398,7 +423,7 @@ def main():
                 )
             print(report[-1], flush=True)
         if "throughput" in only:
-            report.append(fmt_rows("throughput, getOrders (token cached, rate limiting off):", b.throughput(ORDERS)))
+            report.append(fmt_rows("throughput, getOrders (token cached, rate limiting off):", b.throughput(ORDERS, floor=True)))
             print(report[-1], flush=True)
         if "paths" in only:
             report.append(fmt_rows("throughput, getOrderAddress (RDT cached):", b.throughput(ADDRESS)))
