@@ -160,6 +160,10 @@ impl Facts {
     }
 }
 
+/// A wait for quota after which the token is asked for again. Shorter waits cannot age it: a
+/// token is used only until a tenth of its lifetime (at most a minute) before it expires.
+const REASK_AFTER: Duration = Duration::from_millis(1);
+
 /// Per-request context, carried through the phases once the seller and region are known.
 struct Ctx<'a> {
     op: Option<&'static Operation>,
@@ -167,9 +171,9 @@ struct Ctx<'a> {
     seller: Option<&'a SellerAuth>,
     /// Whose quota.
     key: Key,
+    /// The bucket the request draws on, looked up once (`None`: rate limiting is off).
+    quota: Option<limiter::Quota>,
     forwarder: &'a Forwarder,
-    /// Whether rate limiting is on (read once per request).
-    limiting: bool,
 }
 
 /// What sending a request again needs besides its body (see [`Proxy::settle`]).
@@ -525,18 +529,19 @@ impl Proxy {
             Some(s) if !grantless => Some(&**s.region(region)),
             _ => None,
         };
+        let key = seller_auth.map_or_else(|| Key::application(region), |s| s.key.clone());
         let ctx = Ctx {
             op,
             seller: seller_auth,
-            key: seller_auth.map_or_else(|| Key::application(region), |s| s.key.clone()),
+            quota: self.limiter.quota(&key, op),
+            key,
             forwarder: &state.forwarders[region.index()],
-            limiting: self.limiter.enabled(),
         };
 
         // 5. Quota, first look: a full queue or a wait past max_wait is refused now, before
         //    any token call.
-        if ctx.limiting {
-            self.limiter.precheck(&ctx.key, op, max_wait)?;
+        if let Some(quota) = &ctx.quota {
+            self.limiter.precheck_in(quota, max_wait)?;
         }
 
         // 6. The token (LWA, grantless or RDT), before queueing: a cold cache is filled now,
@@ -552,14 +557,16 @@ impl Proxy {
 
         // 7. Quota: wait our turn in this operation's bucket, or refuse without calling Amazon.
         let mut queued = Duration::ZERO;
-        if ctx.limiting {
-            queued = crate::boxed!(self.limiter.acquire(&ctx.key, op, remaining(deadline))).await?;
+        if let Some(quota) = &ctx.quota {
+            queued = crate::boxed!(self.limiter.acquire_in(quota, remaining(deadline))).await?;
             facts.queued = queued;
             metrics::metrics().queued(op, queued);
-            if !queued.is_zero() {
-                // A long wait may have aged the token: ask again (a cache hit unless it was
-                // refreshed meanwhile).
-                chosen = crate::boxed!(auth.token(ctx.seller, &plan, restricted)).await?;
+            if queued >= REASK_AFTER {
+                // A wait may have aged the token: ask again, the way step 6 does.
+                chosen = match auth.cached(ctx.seller, &plan) {
+                    Some(chosen) => chosen,
+                    None => crate::boxed!(auth.token(ctx.seller, &plan, restricted)).await?,
+                };
             }
         }
 
@@ -570,8 +577,9 @@ impl Proxy {
             .start_send(&ctx, parts, &target, &mut body, &chosen.token, at)
             .await;
         let (mut upstream, sent) = self.sent(&ctx, &body, answer, at)?;
-        if ctx.limiting {
-            crate::boxed!(self.observe_rate(&ctx, &upstream)).await;
+        // Boxed, and only when Amazon's answer carries its rate: the bucket's store may wait.
+        if let Some((quota, rate)) = upstream::rate_seen(&ctx, &upstream) {
+            crate::boxed!(self.limiter.observe_rate_in(quota, rate)).await;
         }
         facts.answered = Some(sent.answered);
 
@@ -674,10 +682,9 @@ impl Proxy {
                         .get_or_create(&ctx.labels())
                         .inc();
                     *chosen = auth.token(ctx.seller, plan, restricted).await?;
-                    *queued += self
-                        .limiter
-                        .acquire(&ctx.key, op, remaining(deadline))
-                        .await?;
+                    if let Some(quota) = &ctx.quota {
+                        *queued += self.limiter.acquire_in(quota, remaining(deadline)).await?;
+                    }
                     let sent;
                     (*upstream, sent) = self.send(ctx, parts, target, body, &chosen.token).await?;
                     sent_at = sent.at;
@@ -699,11 +706,11 @@ impl Proxy {
         //     The bucket slows down on every 429, whether or not the request is retried.
         let mut retries = 0;
         while upstream.status() == StatusCode::TOO_MANY_REQUESTS {
+            let Some(quota) = &ctx.quota else { break };
             self.limiter
-                .throttled(&ctx.key, op, tokio::time::Instant::from_std(sent_at))
+                .throttled_in(quota, tokio::time::Instant::from_std(sent_at))
                 .await;
-            let retry = ctx.limiting
-                && retries < config.throttle_retries
+            let retry = retries < config.throttle_retries
                 && safe_to_repeat(config, &parts.method)
                 && body.replayable();
             if !retry {
@@ -712,7 +719,7 @@ impl Proxy {
             // At the front of the queue: it waited its turn once already.
             let Ok(waited) = self
                 .limiter
-                .acquire_again(&ctx.key, op, remaining(deadline))
+                .acquire_again_in(quota, remaining(deadline))
                 .await
             else {
                 break;

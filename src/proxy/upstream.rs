@@ -59,8 +59,8 @@ impl Proxy {
         let at = Instant::now();
         let answer = self.start_send(ctx, parts, target, body, token, at).await;
         let (upstream, sent) = self.sent(ctx, body, answer, at)?;
-        if ctx.limiting {
-            self.observe_rate(ctx, &upstream).await;
+        if let Some((quota, rate)) = rate_seen(ctx, &upstream) {
+            self.limiter.observe_rate_in(quota, rate).await;
         }
         Ok((upstream, sent))
     }
@@ -116,13 +116,6 @@ impl Proxy {
             m.amazon_errors.get_or_create(&ctx.labels()).inc();
         }
         Ok((Upstream::Streaming(resp), Sent { at, answered }))
-    }
-
-    /// Amazon's rate header, if the answer has one, adapts the operation's bucket.
-    pub(super) async fn observe_rate(&self, ctx: &Ctx<'_>, upstream: &Upstream) {
-        if let Some(rate) = limiter::rate_header(upstream.headers()) {
-            self.limiter.observe_rate(&ctx.key, ctx.op, rate).await;
-        }
     }
 
     /// Holds the body if it fits in `replay_buffer_bytes` (chunked ones too), so that the
@@ -299,4 +292,16 @@ impl Upstream {
             }
         }
     }
+}
+
+/// The rate in Amazon's answer (`x-amzn-RateLimit-Limit`), for the request's bucket to adapt
+/// to; `None` without one, or with limiting off.
+pub(super) fn rate_seen<'c>(
+    ctx: &'c Ctx<'_>,
+    upstream: &Upstream,
+) -> Option<(&'c limiter::Quota, f64)> {
+    Some((
+        ctx.quota.as_ref()?,
+        limiter::rate_header(upstream.headers())?,
+    ))
 }
