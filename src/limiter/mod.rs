@@ -401,28 +401,15 @@ impl Limiter {
         bucket
     }
 
-    /// Refuses at once, waiting for nothing, when `op`'s queue is full or its wait would pass
-    /// `max_wait`; lets the caller skip work (a token call) for a request that would be refused.
     /// The bucket `op` under `key` draws on, for a request to use at each step (`None` with
     /// limiting off): one lookup per request rather than one per step.
     pub fn quota(&self, key: &Key, op: Option<&Operation>) -> Option<Quota> {
         self.enabled().then(|| Quota(self.bucket(key, op)))
     }
 
-    pub fn precheck(
-        &self,
-        key: &Key,
-        op: Option<&Operation>,
-        max_wait: Duration,
-    ) -> Result<(), ProxyError> {
-        match self.quota(key, op) {
-            Some(quota) => self.precheck_in(&quota, max_wait),
-            None => Ok(()),
-        }
-    }
-
-    /// A full queue or a wait past `max_wait` in `quota`'s bucket, refused before anything
-    /// else is done for the request.
+    /// Refuses at once, waiting for nothing, when `quota`'s queue is full or its wait would
+    /// pass `max_wait`; lets the caller skip work (a token call) for a request that would be
+    /// refused.
     pub fn precheck_in(&self, quota: &Quota, max_wait: Duration) -> Result<(), ProxyError> {
         self.refuse_early(&quota.0, max_wait)
     }
