@@ -65,6 +65,12 @@ pub trait BucketStore: Send + Sync + std::fmt::Debug {
 pub trait StoredBucket: Send + Sync {
     /// Reserves the next slot if it comes within `max_wait`; else how long until it would.
     fn reserve(&self, max_wait: Duration) -> Pending<'_, Result<Slot, Duration>>;
+    /// [`StoredBucket::reserve`] answered without a future, by a store that needs no I/O for
+    /// it (`None`: await `reserve`). Every request with limiting on reserves a slot: this
+    /// spares the memory store's a boxed future each time.
+    fn reserve_at_once(&self, _max_wait: Duration) -> Option<Result<Slot, Duration>> {
+        None
+    }
     /// Gives a reserved slot back, if no later one was reserved since.
     fn release(&self, slot: Slot) -> Pending<'_, ()>;
     /// Amazon answered 429 to a request sent `age` ago.
@@ -166,6 +172,10 @@ impl MemoryBucket {
 impl StoredBucket for MemoryBucket {
     fn reserve(&self, max_wait: Duration) -> Pending<'_, Result<Slot, Duration>> {
         Box::pin(std::future::ready(self.reserve_now(max_wait)))
+    }
+
+    fn reserve_at_once(&self, max_wait: Duration) -> Option<Result<Slot, Duration>> {
+        Some(self.reserve_now(max_wait))
     }
 
     fn release(&self, slot: Slot) -> Pending<'_, ()> {

@@ -551,7 +551,14 @@ impl Proxy {
         let auth = &state.auth;
         let mut chosen = match auth.cached(ctx.seller, &plan) {
             Some(chosen) => chosen,
-            None => crate::boxed!(auth.token(ctx.seller, &plan, restricted)).await?,
+            None => {
+                let chosen = crate::boxed!(auth.token(ctx.seller, &plan, restricted)).await?;
+                // The fetch took time: the queue is looked at again before it is joined.
+                if let Some(quota) = &ctx.quota {
+                    self.limiter.precheck_in(quota, remaining(deadline))?;
+                }
+                chosen
+            }
         };
         facts.token = chosen.source.kind();
 
@@ -683,6 +690,7 @@ impl Proxy {
                         .inc();
                     *chosen = auth.token(ctx.seller, plan, restricted).await?;
                     if let Some(quota) = &ctx.quota {
+                        self.limiter.precheck_in(quota, remaining(deadline))?;
                         *queued += self.limiter.acquire_in(quota, remaining(deadline)).await?;
                     }
                     let sent;

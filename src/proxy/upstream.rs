@@ -295,13 +295,12 @@ impl Upstream {
 }
 
 /// The rate in Amazon's answer (`x-amzn-RateLimit-Limit`), for the request's bucket to adapt
-/// to; `None` without one, or with limiting off.
+/// to; `None` without one, with limiting off, or when the bucket has it already.
 pub(super) fn rate_seen<'c>(
     ctx: &'c Ctx<'_>,
     upstream: &Upstream,
 ) -> Option<(&'c limiter::Quota, f64)> {
-    Some((
-        ctx.quota.as_ref()?,
-        limiter::rate_header(upstream.headers())?,
-    ))
+    let quota = ctx.quota.as_ref()?;
+    let rate = limiter::rate_header(upstream.headers())?;
+    quota.is_news(rate).then_some((quota, rate))
 }
