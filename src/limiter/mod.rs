@@ -235,9 +235,8 @@ impl Bucket {
         }
     }
 
-    /// Reserves the next slot within `deadline` and sleeps until it; a rate changed meanwhile
-    /// trades the slot for one at the new rate.
-    /// `now` is the caller's clock reading.
+    /// Reserves the next slot within `deadline` and sleeps until it (`now` is the caller's
+    /// clock reading); a rate changed meanwhile trades the slot for one at the new rate.
     async fn take_slot(
         &self,
         mut now: Instant,
@@ -291,8 +290,8 @@ pub struct Limiter {
     settings: ArcSwap<Settings>,
     /// `settings.enabled`, `sandbox` and `max_queue`, read on every request: atomic loads, not
     /// an `ArcSwap` guard each (50 to 70 instructions).
-    enabled: std::sync::atomic::AtomicBool,
-    sandbox: std::sync::atomic::AtomicBool,
+    enabled: AtomicBool,
+    sandbox: AtomicBool,
     max_queue: AtomicUsize,
     store: Arc<dyn BucketStore>,
     /// Looked up on every request with limiting on: foldhash, not SipHash, for the string key.
@@ -329,8 +328,8 @@ impl Limiter {
     /// Buckets shaped by `settings`, kept in `store`.
     pub fn with_store(settings: Settings, store: Arc<dyn BucketStore>) -> Limiter {
         Limiter {
-            enabled: std::sync::atomic::AtomicBool::new(settings.enabled),
-            sandbox: std::sync::atomic::AtomicBool::new(settings.sandbox),
+            enabled: AtomicBool::new(settings.enabled),
+            sandbox: AtomicBool::new(settings.sandbox),
             max_queue: AtomicUsize::new(settings.max_queue),
             settings: ArcSwap::from_pointee(settings),
             store,
@@ -340,7 +339,7 @@ impl Limiter {
 
     /// Whether local limiting is on (`rate_limit`).
     pub fn enabled(&self) -> bool {
-        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// Applies reloaded settings: a bucket whose configured shape changed is rebuilt with it,
@@ -356,17 +355,15 @@ impl Limiter {
                 quota == b.configured
             });
         }
-        self.enabled
-            .store(settings.enabled, std::sync::atomic::Ordering::Relaxed);
-        self.sandbox
-            .store(settings.sandbox, std::sync::atomic::Ordering::Relaxed);
+        self.enabled.store(settings.enabled, Ordering::Relaxed);
+        self.sandbox.store(settings.sandbox, Ordering::Relaxed);
         self.max_queue.store(settings.max_queue, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
     }
 
     fn bucket(&self, key: &Key, op: Option<&Operation>) -> Arc<Bucket> {
         // In the sandbox every operation shares one limit, so they share one bucket too.
-        let sandbox = self.sandbox.load(std::sync::atomic::Ordering::Relaxed);
+        let sandbox = self.sandbox.load(Ordering::Relaxed);
         let op = op.filter(|_| !sandbox);
         let bucket_key = BucketKey {
             key: key.clone(),
@@ -529,8 +526,8 @@ impl Limiter {
     /// [`Limiter::observe_rate`] for `quota`'s bucket.
     pub async fn observe_rate_in(&self, quota: &Quota, rate: f64) {
         // The sandbox's shared limit is not the per-operation rate its answers may report.
-        let settings = self.settings.load();
-        if settings.enabled && !settings.sandbox && rate.is_finite() && rate > 0.0 {
+        let sandbox = self.sandbox.load(Ordering::Relaxed);
+        if self.enabled() && !sandbox && rate.is_finite() && rate > 0.0 {
             quota.0.observe(rate).await;
         }
     }
